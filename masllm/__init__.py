@@ -1,0 +1,17 @@
+"""masllm: continual fine-tuning with Memory Aware Synapses (Aljundi et al., ECCV 2018).
+
+Public API:
+- `MASConfig`: the conventions of the importance estimate and the penalty;
+- `compute_importance(model, data, config) -> Omega`: Eq. 2 over unlabeled data;
+- `Omega`: importance + anchors theta*, merged across tasks, saved as safetensors + json;
+- `MASTrainer`: a `transformers.Trainer` applying the penalty of Eq. 3.
+"""
+
+__version__ = "0.1.0"
+
+from .config import MASConfig
+from .importance import ESTIMATORS, compute_importance
+from .omega import Omega
+from .trainer import MASTrainer
+
+__all__ = ["ESTIMATORS", "MASConfig", "MASTrainer", "Omega", "compute_importance", "__version__"]

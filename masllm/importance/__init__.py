@@ -1,0 +1,75 @@
+"""Importance estimators, by name, and `compute_importance`, the one entry point.
+
+An estimator takes an `ImportanceContext` and an iterable of unlabeled batches and returns
+per-parameter sums with the sample and batch counts; `compute_importance` does the rest the same
+way for all of them: model mode, gradient stashing, progress bar, normalisation (Eq. 2's 1/N),
+anchors theta*, and packing the result into an `Omega`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import MASConfig
+from ..omega import Omega
+from .batches import as_batches, limit_samples
+from .context import ImportanceContext, ImportanceSums
+from .mas import mas_importance
+
+Estimator = Callable[[ImportanceContext, Iterable[Any]], ImportanceSums]
+ESTIMATORS: dict[str, Estimator] = {"mas": mas_importance}
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters Omega covers: those that train (a frozen LoRA base has no Omega)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def compute_importance(
+    model: nn.Module,
+    data: Any,
+    config: MASConfig | None = None,
+    *,
+    task_name: str = "task",
+    collate_fn: Callable | None = None,
+    show_progress: bool = True,
+) -> Omega:
+    """Estimate Omega for `model` on unlabeled `data` (Dataset, DataLoader or iterable of batches).
+
+    The result's anchors are the model's current weights: merge it into the running Omega with
+    `omega.merge(new)` after each task.
+    """
+    config = config or MASConfig()
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("The model has no trainable parameters: nothing to estimate importance for")
+    batches = limit_samples(
+        as_batches(data, config.importance_batch_size, collate_fn), config.max_importance_samples
+    )
+    bar = tqdm(desc=f"importance ({config.method}, {task_name})", unit="sample", disable=not show_progress)
+    ctx = ImportanceContext(model, params, config, next(iter(params.values())).device, progress=bar.update)
+    stash = {n: p.grad for n, p in params.items()}
+    was_training = model.training
+    model.train(config.model_mode == "train")
+    try:
+        ctx.zero_grads()
+        result = ESTIMATORS[config.method](ctx, batches)
+    finally:
+        ctx.zero_grads()
+        for n, p in params.items():
+            p.grad = stash[n]
+        model.train(was_training)
+        bar.close()
+    if result.num_samples == 0:
+        raise ValueError("The importance data yielded no samples: Omega needs at least one (Eq. 2)")
+    denom = result.num_samples if config.normalize == "samples" else result.num_batches
+    importance = {n: t.div_(denom) for n, t in result.sums.items()}  # Eq. 2: 1/N sum_k
+    task = {"name": task_name, "num_samples": result.num_samples, "method": config.method}
+    return Omega(importance, config=config, tasks=[task]).set_anchors(model)
+
+
+__all__ = ["ESTIMATORS", "ImportanceContext", "ImportanceSums", "compute_importance", "trainable_parameters"]

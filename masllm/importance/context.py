@@ -1,0 +1,52 @@
+"""What an importance estimator is handed: the model, its trainable parameters, and gradient plumbing.
+
+Gradient-based estimators (MAS, EWC, SPP) accumulate their per-parameter sums in the parameters'
+gradients across micro-batches, through `backward`, and read them once at the end with
+`read_grads`. On one process these are `loss.backward()` and `p.grad`; under DeepSpeed ZeRO they are
+the engine's backward and the rank's local gradient partition (masllm.sharding), so estimators
+never know which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import MASConfig
+
+
+@dataclass
+class ImportanceSums:
+    """Per-parameter sums over the importance set, before normalisation."""
+
+    sums: dict[str, torch.Tensor]
+    num_samples: int
+    num_batches: int
+
+
+@dataclass
+class ImportanceContext:
+    model: nn.Module
+    params: dict[str, nn.Parameter]
+    config: MASConfig
+    device: torch.device
+    progress: Callable[[int], None] = lambda n: None
+    backward: Callable[[torch.Tensor], None] = field(default=lambda loss: loss.backward())
+
+    def read_grads(self) -> dict[str, torch.Tensor]:
+        """Accumulated gradients (zeros for parameters no sample reached)."""
+        return {
+            n: (
+                p.grad.detach().float().clone()
+                if p.grad is not None
+                else torch.zeros_like(p, dtype=torch.float32)
+            )
+            for n, p in self.params.items()
+        }
+
+    def zero_grads(self) -> None:
+        for p in self.params.values():
+            p.grad = None

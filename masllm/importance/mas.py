@@ -1,0 +1,114 @@
+"""MAS importance (Aljundi et al. 2018, Sec. 4.1): the sensitivity of the output to each parameter.
+
+    Omega_ij = 1/N sum_k | d l(F(x_k)) / d theta_ij |                                      (Eq. 2)
+
+with l = ||.||_2^2 by default (Sec. 4.1: "the gradients of the squared l2 norm of the learned
+function output"), so one backward pass serves all outputs. No labels are used.
+
+For sequence outputs (B, T, ...) with an `attention_mask`, F(x_k) is the output at the non-padding
+positions of sample k, and ||F(x_k)||^2 sums over all of them: a sample is a sequence, N counts
+sequences, and longer sequences weigh more (each token's output is part of what is preserved).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import MASConfig
+from .batches import Batch, batch_size, forward, inputs_of, slice_batch, to_device
+from .context import ImportanceContext, ImportanceSums
+from .per_sample import PerSampleAbsGrad, PerSampleMismatch
+
+
+def output_of(outputs: Any, config: MASConfig) -> torch.Tensor:
+    """F(x): logits (pre-softmax, the paper's choice), last hidden states, or probabilities."""
+    if config.output == "hidden_states":
+        if getattr(outputs, "last_hidden_state", None) is not None:
+            return outputs.last_hidden_state
+        if getattr(outputs, "hidden_states", None) is not None:
+            return outputs.hidden_states[-1]
+        raise ValueError("output='hidden_states' but the model returned no hidden states")
+    if isinstance(outputs, torch.Tensor):
+        logits = outputs
+    elif getattr(outputs, "logits", None) is not None:
+        logits = outputs.logits
+    elif isinstance(outputs, (tuple, list)) and isinstance(outputs[0], torch.Tensor):
+        logits = outputs[0]
+    else:
+        raise ValueError(f"Cannot find logits in a model output of type {type(outputs).__name__}")
+    return logits.softmax(-1) if config.output == "probs" else logits
+
+
+def per_sample_norm(F: torch.Tensor, x: Batch, norm: str) -> torch.Tensor:
+    """l(F(x_k)) for every sample k: (B,). Padding positions (attention_mask == 0) are left out."""
+    mask = x.get("attention_mask") if isinstance(x, Mapping) else None
+    if mask is not None and F.dim() >= 3 and F.shape[:2] == mask.shape:
+        F = F * mask.reshape(*mask.shape, *([1] * (F.dim() - 2))).to(F.dtype)  # (B, T, ...)
+    F = F.reshape(F.shape[0], -1).float()
+    if norm == "l1":
+        return F.abs().sum(1)
+    sq = F.pow(2).sum(1)
+    return sq.sqrt() if norm == "l2" else sq
+
+
+def _loss(model: nn.Module, x: Batch, config: MASConfig) -> torch.Tensor:
+    kwargs = (
+        {"output_hidden_states": True} if config.output == "hidden_states" and isinstance(x, Mapping) else {}
+    )
+    return per_sample_norm(output_of(forward(model, x, **kwargs), config), x, config.norm).sum()
+
+
+class _AbsOfBatchGrad:
+    """|batch gradient|: exact for one-sample batches, the per-micro-batch approximation otherwise."""
+
+    def __init__(self, params: dict[str, nn.Parameter]) -> None:
+        self._handles = [p.register_hook(torch.abs) for p in params.values()]
+
+    def start_batch(self, batch_size: int) -> None:
+        pass
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def mas_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> ImportanceSums:
+    """Accumulate sum_k |g_k| (or sum_batches |sum_k g_k| with abs_mode='per_batch') into the gradients."""
+    config = ctx.config
+    exact = config.abs_mode == "per_sample"
+    hooks: Any = PerSampleAbsGrad(ctx.model, ctx.params, check=config.check_per_sample) if exact else None
+    one_at_a_time = False
+    if hooks is None:
+        hooks = _AbsOfBatchGrad(ctx.params)
+    n_samples = n_batches = 0
+    try:
+        for batch in batches:
+            x = to_device(inputs_of(batch), ctx.device)
+            B = batch_size(batch)
+            if not one_at_a_time:
+                try:
+                    hooks.start_batch(B)
+                    ctx.backward(_loss(ctx.model, x, config))
+                except PerSampleMismatch as e:
+                    if n_batches > 0:
+                        raise
+                    warnings.warn(
+                        f"{e}; falling back to one sample per backward pass (exact, slower)", stacklevel=2
+                    )
+                    ctx.zero_grads()
+                    hooks.remove()
+                    hooks, one_at_a_time = _AbsOfBatchGrad(ctx.params), True
+            if one_at_a_time:
+                for k in range(B):
+                    ctx.backward(_loss(ctx.model, slice_batch(x, k, k + 1), config))
+            n_samples += B
+            n_batches += 1
+            ctx.progress(B)
+    finally:
+        hooks.remove()
+    return ImportanceSums(ctx.read_grads(), n_samples, n_batches)

@@ -1,0 +1,157 @@
+"""Omega: per-parameter importance and the anchors theta* it protects (MAS, Eq. 2-3).
+
+An `Omega` maps parameter names (as in `model.named_parameters()`) to importance tensors of the
+parameter's shape, and holds the anchors theta* (the weights after the last task). Under
+DeepSpeed ZeRO a rank's Omega holds its own flat partition instead (see `masllm.sharding`); the
+container does not care which. Memory is constant in the number of tasks: each new task is merged
+in place (Sec. 4.2: "the importance matrix is updated ... by accumulating").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import MASConfig
+
+Tensors = dict[str, torch.Tensor]
+MergeFn = Callable[[Tensors, Tensors, dict[str, Any]], None]
+
+
+def aligned(old: Tensors, new: Tensors) -> list[torch.Tensor]:
+    """new's tensors in old's order, dtype and device (for the foreach ops of the merge rules)."""
+    return [new[n].to(device=t.device, dtype=t.dtype) for n, t in old.items()]
+
+
+def _merge_sum(old: Tensors, new: Tensors, state: dict[str, Any]) -> None:
+    """Omega <- Omega + Omega_new (the paper's accumulation, Sec. 4.2)."""
+    torch._foreach_add_(list(old.values()), aligned(old, new))
+
+
+def _merge_mean(old: Tensors, new: Tensors, state: dict[str, Any]) -> None:
+    """Omega <- ((t-1) Omega + Omega_new) / t: the running mean over the t tasks seen."""
+    t = state["num_tasks"]
+    values = list(old.values())
+    torch._foreach_mul_(values, (t - 1) / t)
+    torch._foreach_add_(values, aligned(old, new), alpha=1.0 / t)
+
+
+MERGE_FUNCTIONS: dict[str, MergeFn] = {"sum": _merge_sum, "mean": _merge_mean}
+
+
+class Omega(Mapping[str, torch.Tensor]):
+    """Importance per parameter name, with anchors theta* and the record of tasks it summarises."""
+
+    def __init__(
+        self,
+        importance: Mapping[str, torch.Tensor] | None = None,
+        anchors: Mapping[str, torch.Tensor] | None = None,
+        *,
+        config: MASConfig | None = None,
+        tasks: list[dict[str, Any]] | None = None,
+        merge_state: dict[str, Any] | None = None,
+    ) -> None:
+        self.importance: Tensors = dict(importance or {})
+        self.anchors: Tensors = dict(anchors or {})
+        self.config = config or MASConfig()
+        self.tasks: list[dict[str, Any]] = list(tasks or [])
+        self.merge_state: dict[str, Any] = dict(merge_state or {})
+
+    # Mapping interface: name -> importance tensor.
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.importance[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.importance)
+
+    def __len__(self) -> int:
+        return len(self.importance)
+
+    def __repr__(self) -> str:
+        numel = sum(t.numel() for t in self.importance.values())
+        names = [t.get("name") for t in self.tasks]
+        return f"Omega(tensors={len(self)}, numel={numel}, tasks={names}, method={self.config.method!r})"
+
+    @property
+    def is_empty(self) -> bool:
+        """True before any task has been merged: the penalty is then zero."""
+        return not self.importance
+
+    def set_anchors(self, model: nn.Module) -> Omega:
+        """theta* <- the model's current values of the parameters Omega covers (Eq. 3)."""
+        params = dict(model.named_parameters())
+        dtype = _storage_dtype(self.config)
+        self.anchors = {n: params[n].detach().to(dtype=dtype, copy=True) for n in self.importance}
+        return self
+
+    def merge(self, new: Omega) -> Omega:
+        """Fold a new task's Omega into this one, in place, by `self.config.merge`; anchors become new's."""
+        if self.importance and set(new.importance) != set(self.importance):
+            missing, extra = (
+                set(self.importance) - set(new.importance),
+                set(new.importance) - set(self.importance),
+            )
+            raise ValueError(
+                f"Cannot merge Omegas over different parameters: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
+            )
+        for n, t in new.importance.items():
+            if n in self.importance and self.importance[n].shape != t.shape:
+                raise ValueError(
+                    f"Omega[{n!r}] has shape {tuple(self.importance[n].shape)}, new {tuple(t.shape)}"
+                )
+        self.merge_state["num_tasks"] = self.merge_state.get("num_tasks", 0) + 1
+        if not self.importance:  # first task: every rule starts from Omega = 0
+            dtype = _storage_dtype(self.config)
+            self.importance = {n: torch.zeros_like(t, dtype=dtype) for n, t in new.importance.items()}
+        MERGE_FUNCTIONS[self.config.merge](self.importance, new.importance, self.merge_state)
+        self.anchors = dict(new.anchors)
+        self.tasks.extend(new.tasks)
+        return self
+
+    def validate(self, model: nn.Module | None = None) -> None:
+        """Raise ValueError on non-finite or negative importance, or names/shapes the model lacks."""
+        from .checkpoint import check_tensors
+
+        check_tensors(self.importance, "Omega", nonnegative=True)
+        check_tensors(self.anchors, "theta*")
+        if self.anchors and set(self.anchors) != set(self.importance):
+            raise ValueError("theta* and Omega cover different parameters")
+        if model is not None:
+            check_against_model(self.importance, model, "Omega")
+            check_against_model(self.anchors, model, "theta*")
+
+    def save_pretrained(
+        self, save_directory: str | Path, model: nn.Module | None = None, **kwargs: Any
+    ) -> None:
+        """Write `mas_omega.safetensors` (+ anchors when they differ from `model`) and `mas_config.json`."""
+        from .checkpoint import save_omega
+
+        save_omega(self, save_directory, model=model, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None) -> Omega:
+        """Load what `save_pretrained` wrote; with `model`, names and shapes are checked against it."""
+        from .checkpoint import load_omega
+
+        return load_omega(directory, model=model)
+
+
+def _storage_dtype(config: MASConfig) -> torch.dtype:
+    return getattr(torch, config.storage_dtype)
+
+
+def check_against_model(tensors: Mapping[str, torch.Tensor], model: nn.Module, what: str) -> None:
+    """Every name must be a parameter of `model` with the same shape."""
+    params = dict(model.named_parameters())
+    unknown = [n for n in tensors if n not in params]
+    if unknown:
+        raise ValueError(f"{what} has {len(unknown)} names the model lacks, e.g. {unknown[:3]}")
+    for n, t in tensors.items():
+        if tuple(t.shape) != tuple(params[n].shape):
+            raise ValueError(
+                f"{what}[{n!r}] has shape {tuple(t.shape)}, the model's parameter {tuple(params[n].shape)}"
+            )

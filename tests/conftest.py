@@ -1,0 +1,67 @@
+"""Tiny models built from config, shared by the tests (offline, seconds each)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_gpt2(vocab: int = 50, tie: bool = True, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_positions=32,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        tie_word_embeddings=tie,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+def tiny_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 4))
+
+
+def tiny_convnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.LayerNorm(4 * 2 * 2),
+        nn.Linear(16, 5),
+    )
+
+
+def padded_lm_batch(n: int = 6, length: int = 10, vocab: int = 50, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    for k in range(n):  # right padding of varying length
+        pad = k % 4
+        if pad:
+            mask[k, -pad:] = 0
+            ids[k, -pad:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture
+def gpt2():
+    return tiny_gpt2()

@@ -1,0 +1,127 @@
+"""Eq. 2 against a per-sample autograd loop, on an MLP, a padded tiny GPT-2 and a small convnet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import padded_lm_batch, tiny_convnet, tiny_gpt2, tiny_mlp
+from reference import brute_force_omega, per_sample_grads, split_samples
+from torch.utils.data import DataLoader, TensorDataset
+
+from masllm import MASConfig, compute_importance
+
+
+def assert_close(omega, ref, rtol=1e-4):
+    assert set(omega) == set(ref)
+    for n in ref:
+        torch.testing.assert_close(omega[n], ref[n], rtol=rtol, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def lm_batches(batch, size):
+    n = batch["input_ids"].shape[0]
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+CASES = {
+    "mlp": (tiny_mlp, lambda: torch.randn(7, 6, generator=torch.Generator().manual_seed(0))),
+    "gpt2_padded": (tiny_gpt2, padded_lm_batch),
+    "convnet": (tiny_convnet, lambda: torch.randn(5, 1, 7, 7, generator=torch.Generator().manual_seed(0))),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_exact_omega_equals_per_sample_loop(case):
+    make_model, make_data = CASES[case]
+    model, data = make_model(), make_data()
+    ref = brute_force_omega(model, split_samples(data))
+    batches = lm_batches(data, 4) if isinstance(data, dict) else list(data.split(3))
+    with pytest.warns(None) if False else _no_fallback():
+        omega = compute_importance(model, batches, MASConfig(), show_progress=False)
+    assert_close(omega, ref)
+    assert omega.tasks == [{"name": "task", "num_samples": len(split_samples(data)), "method": "mas"}]
+
+
+class _no_fallback:
+    """The batched path must be used: a fallback warning means it was not."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("error", UserWarning)
+
+    def __exit__(self, *a):
+        self._w.__exit__(*a)
+
+
+def test_untied_gpt2_and_hidden_state_output():
+    model, data = tiny_gpt2(tie=False), padded_lm_batch(n=4)
+    omega = compute_importance(model, [data], MASConfig(), show_progress=False)
+    assert_close(omega, brute_force_omega(model, split_samples(data)))
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_exact_mode_invariant_to_batch_size(batch_size):
+    model, x = tiny_mlp(), torch.randn(10, 6)
+    loader = DataLoader(TensorDataset(x), batch_size=batch_size)
+    omega = compute_importance(model, loader, MASConfig(), show_progress=False)
+    assert_close(omega, brute_force_omega(model, split_samples(x)))
+
+
+def test_micro_batch_mode_is_abs_of_batch_sum():
+    model, x = tiny_mlp(), torch.randn(8, 6)
+    grads = per_sample_grads(model.eval(), split_samples(x))
+    ref = {}
+    for n in grads[0]:  # 1/N sum_batches |sum_{k in batch} g_k|, batches of 4
+        ref[n] = sum(torch.stack([g[n] for g in grads[i : i + 4]]).sum(0).abs() for i in (0, 4)) / 8
+    omega = compute_importance(model, list(x.split(4)), MASConfig(abs_mode="per_batch"), show_progress=False)
+    assert_close(omega, ref)
+    exact = compute_importance(model, list(x.split(4)), MASConfig(), show_progress=False)
+    assert any((exact[n] > omega[n] + 1e-6).any() for n in ref), "|sum| must lose mass against sum |.|"
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_other_norms(norm):
+    model, x = tiny_mlp(), torch.randn(6, 6)
+    omega = compute_importance(model, list(x.split(3)), MASConfig(norm=norm), show_progress=False)
+    assert_close(omega, brute_force_omega(model, split_samples(x), norm=norm))
+
+
+def test_fallback_for_unattributable_parameter():
+    class UsesChildWeightDirectly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(x) + torch.nn.functional.linear(x.tanh(), self.lin.weight)
+
+    torch.manual_seed(0)
+    model, x = UsesChildWeightDirectly(), torch.randn(6, 4)
+    with pytest.warns(UserWarning, match="falling back"):
+        omega = compute_importance(model, list(x.split(3)), MASConfig(), show_progress=False)
+    assert_close(omega, brute_force_omega(model, split_samples(x)))
+
+
+def test_dataset_input_mean_over_samples_and_limit():
+    model, x = tiny_mlp(), torch.randn(9, 6)
+    cfg = MASConfig(importance_batch_size=4, max_importance_samples=7)
+    omega = compute_importance(model, TensorDataset(x, torch.zeros(9)), cfg, show_progress=False)
+    assert omega.tasks[0]["num_samples"] == 7
+    assert_close(omega, brute_force_omega(model, split_samples(x[:7])))
+
+
+def test_empty_dataset_is_a_clear_error():
+    with pytest.raises(ValueError, match="empty"):
+        compute_importance(tiny_mlp(), TensorDataset(torch.zeros(0, 6)), show_progress=False)
+    with pytest.raises(ValueError, match="no samples"):
+        compute_importance(tiny_mlp(), [], show_progress=False)
+
+
+def test_model_mode_and_grads_restored():
+    model = tiny_mlp().train()
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    compute_importance(model, [torch.randn(3, 6)], show_progress=False)
+    assert model.training
+    assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))
