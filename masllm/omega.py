@@ -89,26 +89,22 @@ class Omega(Mapping[str, torch.Tensor]):
         return self
 
     def merge(self, new: Omega) -> Omega:
-        """Fold a new task's Omega into this one, in place, by `self.config.merge`; anchors become new's."""
-        if self.importance and set(new.importance) != set(self.importance):
-            missing, extra = (
-                set(self.importance) - set(new.importance),
-                set(new.importance) - set(self.importance),
-            )
-            raise ValueError(
-                f"Cannot merge Omegas over different parameters: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
-            )
+        """Fold a new task's Omega into this one, in place, by `self.config.merge`; anchors become new's.
+
+        Parameters that appear only now (a new task's head) start from Omega = 0; parameters the new
+        task did not cover (an old head) keep their importance and count as 0 for the new task.
+        """
         for n, t in new.importance.items():
             if n in self.importance and self.importance[n].shape != t.shape:
-                raise ValueError(
-                    f"Omega[{n!r}] has shape {tuple(self.importance[n].shape)}, new {tuple(t.shape)}"
-                )
+                raise ValueError(f"Omega[{n!r}] has shape {tuple(self.importance[n].shape)}, new {tuple(t.shape)}")
+        dtype = _storage_dtype(self.config)
+        for n, t in new.importance.items():  # first task, or a new head: every rule starts from Omega = 0
+            if n not in self.importance:
+                self.importance[n] = torch.zeros_like(t, dtype=dtype)
+        full = {n: new.importance.get(n, torch.zeros_like(t)) for n, t in self.importance.items()}
         self.merge_state["num_tasks"] = self.merge_state.get("num_tasks", 0) + 1
-        if not self.importance:  # first task: every rule starts from Omega = 0
-            dtype = _storage_dtype(self.config)
-            self.importance = {n: torch.zeros_like(t, dtype=dtype) for n, t in new.importance.items()}
-        MERGE_FUNCTIONS[self.config.merge](self.importance, new.importance, self.merge_state)
-        self.anchors = dict(new.anchors)
+        MERGE_FUNCTIONS[self.config.merge](self.importance, full, self.merge_state)
+        self.anchors = {**self.anchors, **new.anchors}
         self.tasks.extend(new.tasks)
         return self
 
