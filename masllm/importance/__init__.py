@@ -19,9 +19,10 @@ from ..omega import Omega
 from .batches import as_batches, limit_samples
 from .context import ImportanceContext, ImportanceSums
 from .mas import mas_importance
+from .uniform import uniform_importance
 
 Estimator = Callable[[ImportanceContext, Iterable[Any]], ImportanceSums]
-ESTIMATORS: dict[str, Estimator] = {"mas": mas_importance}
+ESTIMATORS: dict[str, Estimator] = {"mas": mas_importance, "l2": uniform_importance}
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
