@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
 
 class PerSampleMismatch(RuntimeError):
     """Per-sample gradients could not be formed for some parameter in this batch."""
@@ -42,8 +44,8 @@ class _Dense:
     def __init__(self, t: torch.Tensor) -> None:
         self.t = t
 
-    def abs_sum(self) -> torch.Tensor:
-        return self.t.abs().sum(0)
+    def transformed_sum(self, fn: Transform) -> torch.Tensor:
+        return fn(self.t).sum(0)
 
     def sum(self) -> torch.Tensor:
         return self.t.sum(0)
@@ -65,8 +67,8 @@ class _Rows:
     def _scatter(self, vals: torch.Tensor) -> torch.Tensor:
         return vals.new_zeros(self.num_rows, vals.shape[1]).index_add_(0, self.keys % self.num_rows, vals)
 
-    def abs_sum(self) -> torch.Tensor:
-        return self._scatter(self.vals.abs())
+    def transformed_sum(self, fn: Transform) -> torch.Tensor:
+        return self._scatter(fn(self.vals))  # rows a sample did not touch: fn(0) = 0
 
     def sum(self) -> torch.Tensor:
         return self._scatter(self.vals)
@@ -143,10 +145,21 @@ def _fast_path(module: nn.Module) -> Callable[..., dict[str, Any]] | None:
 
 
 class PerSampleAbsGrad:
-    """While active, backward accumulates sum_k |g_k| into `p.grad` for every parameter given."""
+    """While active, backward accumulates sum_k |g_k| into `p.grad` for every parameter given.
 
-    def __init__(self, model: nn.Module, params: dict[str, nn.Parameter], check: bool = True) -> None:
+    `transform` replaces |.| by another elementwise map with fn(0) = 0: `torch.square` gives
+    sum_k g_k^2, the diagonal Fisher of EWC / SPP from per-sample log-likelihood gradients.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: dict[str, nn.Parameter],
+        check: bool = True,
+        transform: Transform = torch.abs,
+    ) -> None:
         self.check = check
+        self.transform = transform
         self.names = {id(p): n for n, p in params.items()}
         self.params = {id(p): p for p in params.values()}
         self.batch_size = 0
@@ -228,7 +241,7 @@ class PerSampleAbsGrad:
 
     def _collect(self, pid: int, ps: Any) -> None:
         if self.uses[pid] == 1:
-            self.result[pid] = (ps.abs_sum(), ps.sum() if self.check else None)
+            self.result[pid] = (ps.transformed_sum(self.transform), ps.sum() if self.check else None)
             return
         if pid not in self.pending:
             p = self.params[pid]
@@ -237,13 +250,13 @@ class PerSampleAbsGrad:
         self.arrived[pid] = self.arrived.get(pid, 0) + 1
         if self.arrived[pid] == self.uses[pid]:
             buf = self.pending.pop(pid)
-            self.result[pid] = (buf.abs().sum(0), buf.sum(0) if self.check else None)
+            self.result[pid] = (self.transform(buf).sum(0), buf.sum(0) if self.check else None)
 
-    # backward, at the parameter: hand autograd sum_k |g_k| instead of sum_k g_k
+    # backward, at the parameter: hand autograd sum_k |g_k| (or fn(g_k)) instead of sum_k g_k
     def _on_param_grad(self, pid: int, grad: torch.Tensor) -> torch.Tensor:
         name = self.names[pid]
         if pid in self.result and pid not in self.unattributed:
-            abs_sum, signed = self.result.pop(pid)
+            transformed, signed = self.result.pop(pid)
             if signed is not None:
                 err = (signed - grad.float()).norm()
                 if err > 1e-3 * grad.float().norm() + 1e-6:
@@ -251,7 +264,7 @@ class PerSampleAbsGrad:
                         f"per-sample gradients of {name!r} do not add up to its batch gradient "
                         f"(relative error {float(err / (grad.float().norm() + 1e-12)):.2e})"
                     )
-            return abs_sum.to(grad.dtype)
+            return transformed.to(grad.dtype)
         if self.batch_size == 1:  # one sample: |batch gradient| is exact
-            return grad.abs()
+            return self.transform(grad)
         raise PerSampleMismatch(f"no per-sample gradient could be formed for {name!r}")
