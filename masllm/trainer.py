@@ -103,5 +103,4 @@ class MASTrainer(Trainer):
         if (Path(resume_from_checkpoint) / CONFIG_NAME).is_file():
             loaded = Omega.from_pretrained(resume_from_checkpoint, model=self.model)
             self.omega.__dict__.update(loaded.__dict__)  # same object: callers' references stay valid
-            self.mas_config = self.omega.config
             self._penalty_terms = None

@@ -37,6 +37,8 @@ def output_of(outputs: Any, config: MASConfig) -> torch.Tensor:
         logits = outputs
     elif getattr(outputs, "logits", None) is not None:
         logits = outputs.logits
+    elif isinstance(outputs, Mapping) and outputs.get("logits") is not None:
+        logits = outputs["logits"]
     elif isinstance(outputs, (tuple, list)) and isinstance(outputs[0], torch.Tensor):
         logits = outputs[0]
     else:
