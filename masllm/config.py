@@ -64,11 +64,43 @@ class MASConfig:
             "help": "Model mode during the importance pass: eval (no dropout, BN stats untouched) or train."
         },
     )
-    merge: Literal["sum", "mean"] = field(
+    merge: Literal["sum", "mean", "ema", "decay", "alpha"] = field(
         default="sum",
         metadata={
-            "help": "How a new task's Omega joins the old one: sum (paper, Sec. 4.2) or running mean over tasks."
+            "help": "How a new task's Omega joins the old one: sum (paper, Sec. 4.2), running mean over "
+            "tasks, ema (d Omega + (1-d) Omega_new), decay (d Omega + Omega_new: old, unused knowledge "
+            "fades; online EWC), or alpha (alpha-scaling: every task's Omega summed with weight 1/S_t, "
+            "S_t its total, normalised so the weights sum to 1, reg_lambda then being sum_t alpha_t)."
         },
+    )
+    merge_decay: float = field(
+        default=0.9,
+        metadata={
+            "help": "d of merge='ema' and merge='decay' (online EWC's gamma, Schwarz et al. 2018; "
+            "d = 1 with 'decay' is the plain sum). In [0, 1]."
+        },
+    )
+    ewc_sampled: bool = field(
+        default=False,
+        metadata={
+            "help": "EWC / online EWC Fisher: log-likelihood of labels sampled from the model's own "
+            "predictions (true Fisher; no labels needed) instead of the data's labels (empirical Fisher)."
+        },
+    )
+    si_xi: float = field(
+        default=0.1,
+        metadata={
+            "help": "SI damping xi in Omega = sum_k w_k / ((Delta theta)^2 + xi) (Zenke et al. 2017, Eq. 5; "
+            "FACIL's default 0.1). > 0."
+        },
+    )
+    lwf_temperature: float = field(
+        default=2.0,
+        metadata={"help": "LwF distillation temperature T (Li & Hoiem 2016 use T = 2). > 0."},
+    )
+    lwf_weight: float = field(
+        default=1.0,
+        metadata={"help": "LwF weight lambda_o of the distillation loss (Li & Hoiem 2016: 1). >= 0."},
     )
     half_penalty: bool = field(
         default=False,
@@ -119,6 +151,7 @@ class MASConfig:
             raise ValueError(f"MASConfig.reg_lambda must be a finite number, got {self.reg_lambda!r}")
         if self.reg_lambda < 0:
             raise ValueError(f"MASConfig.reg_lambda must be >= 0, got {self.reg_lambda}")
+        self._validate_method_fields()
         if self.importance_batch_size < 1:
             raise ValueError(
                 f"MASConfig.importance_batch_size must be >= 1, got {self.importance_batch_size}"
@@ -126,6 +159,21 @@ class MASConfig:
         if self.max_importance_samples is not None and self.max_importance_samples < 1:
             raise ValueError(
                 f"MASConfig.max_importance_samples must be >= 1, got {self.max_importance_samples}"
+            )
+
+    def _validate_method_fields(self) -> None:
+        """The hyper-parameters of the other methods (masllm.importance, si, lwf) and merge rules."""
+        if not 0.0 <= self.merge_decay <= 1.0:
+            raise ValueError(f"MASConfig.merge_decay must be in [0, 1], got {self.merge_decay}")
+        for name in ("si_xi", "lwf_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MASConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not self.lwf_weight >= 0:
+            raise ValueError(f"MASConfig.lwf_weight must be >= 0, got {self.lwf_weight}")
+        if self.method == "online_ewc" and self.merge != "decay":
+            raise ValueError(
+                "MASConfig.method='online_ewc' is the Fisher of EWC merged by F <- gamma F + F_new "
+                f"(Schwarz et al. 2018): set merge='decay' and merge_decay=gamma (got merge={self.merge!r})"
             )
 
     @staticmethod

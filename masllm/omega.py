@@ -40,7 +40,50 @@ def _merge_mean(old: Tensors, new: Tensors, state: dict[str, Any]) -> None:
     torch._foreach_add_(values, aligned(old, new), alpha=1.0 / t)
 
 
-MERGE_FUNCTIONS: dict[str, MergeFn] = {"sum": _merge_sum, "mean": _merge_mean}
+def _merge_ema(old: Tensors, new: Tensors, state: dict[str, Any]) -> None:
+    """Omega <- d Omega + (1 - d) Omega_new; the first task's Omega is taken as is."""
+    d = state["decay"] if state["num_tasks"] > 1 else 0.0
+    values = list(old.values())
+    torch._foreach_mul_(values, d)
+    torch._foreach_add_(values, aligned(old, new), alpha=1.0 - d)
+
+
+def _merge_decay(old: Tensors, new: Tensors, state: dict[str, Any]) -> None:
+    """Omega <- d Omega + Omega_new: importance not renewed fades geometrically (online EWC's gamma)."""
+    values = list(old.values())
+    torch._foreach_mul_(values, state["decay"])
+    torch._foreach_add_(values, aligned(old, new))
+
+
+def _merge_alpha(old: Tensors, new: Tensors, state: dict[str, Any]) -> None:
+    """Alpha-scaling (seed 003): Omega = sum_t alpha_t Omega_t with alpha_t S_t equal for all t and
+    sum_t alpha_t = 1 (reg_lambda scales it to lambda), S_t = sum_ij Omega_t,ij. Hence
+
+        Omega = A / B,   A = sum_t Omega_t / S_t,   B = sum_t 1 / S_t,
+
+    kept in constant memory: A is recovered as Omega * B, so only the scalar B joins the state.
+    S_t is the sum of the tensors given: under ZeRO, a rank's shard (see the report / docs).
+    """
+    new_values = aligned(old, new)
+    total = float(sum(t.double().sum() for t in new_values))
+    if not total > 0:
+        raise ValueError(f"merge='alpha' needs a task Omega with a positive total, got S_t={total}")
+    inv_old = float(state.get("alpha_inv_total", 0.0))
+    inv_new = inv_old + 1.0 / total
+    values = list(old.values())
+    torch._foreach_mul_(values, inv_old / inv_new)  # A_old / B_new
+    torch._foreach_add_(values, new_values, alpha=1.0 / (total * inv_new))  # + Omega_t / (S_t B_new)
+    state["alpha_inv_total"] = inv_new
+    state["alpha_task_totals"] = [*state.get("alpha_task_totals", []), total]
+
+
+MERGE_FUNCTIONS: dict[str, MergeFn] = {
+    "sum": _merge_sum,
+    "mean": _merge_mean,
+    "ema": _merge_ema,
+    "decay": _merge_decay,
+    "alpha": _merge_alpha,
+}
 
 
 class Omega(Mapping[str, torch.Tensor]):
@@ -103,6 +146,8 @@ class Omega(Mapping[str, torch.Tensor]):
                 self.importance[n] = torch.zeros_like(t, dtype=dtype)
         full = {n: new.importance.get(n, torch.zeros_like(t)) for n, t in self.importance.items()}
         self.merge_state["num_tasks"] = self.merge_state.get("num_tasks", 0) + 1
+        if self.config.merge in ("ema", "decay"):
+            self.merge_state["decay"] = self.config.merge_decay
         MERGE_FUNCTIONS[self.config.merge](self.importance, full, self.merge_state)
         self.anchors = {**self.anchors, **new.anchors}
         self.tasks.extend(new.tasks)

@@ -18,11 +18,17 @@ from ..config import MASConfig
 from ..omega import Omega
 from .batches import as_batches, limit_samples
 from .context import ImportanceContext, ImportanceSums
+from .fisher import fisher_importance
 from .mas import mas_importance
 from .uniform import uniform_importance
 
 Estimator = Callable[[ImportanceContext, Iterable[Any]], ImportanceSums]
-ESTIMATORS: dict[str, Estimator] = {"mas": mas_importance, "l2": uniform_importance}
+ESTIMATORS: dict[str, Estimator] = {
+    "mas": mas_importance,
+    "l2": uniform_importance,
+    "ewc": fisher_importance,
+    "online_ewc": fisher_importance,  # merged with merge='decay' (MASConfig checks it)
+}
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -1,0 +1,85 @@
+"""sum_k fn(g_k) accumulated in the gradients, for any per-sample scalar loss and elementwise fn.
+
+The loop MAS uses for |.| (mas.py), shared by the estimators that need another per-sample
+transform or another per-sample scalar: EWC and SPP (fn = square of the log-likelihood gradient:
+the diagonal Fisher), l-MAS (fn = |.| of layer-local gradients). One backward pass per micro-batch
+through `ctx.backward`, with `PerSampleAbsGrad` turning sum_k g_k into sum_k fn(g_k); where the
+per-sample gradients cannot be formed it falls back, with a warning, to one sample per backward pass.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .batches import Batch, batch_size
+from .context import ImportanceContext, ImportanceSums
+from .per_sample import PerSampleAbsGrad, PerSampleMismatch, Transform
+
+# (full batch, labels included) -> sum over its samples of the per-sample scalar
+BatchLoss = Callable[[Batch], torch.Tensor]
+
+
+def slice_full_batch(batch: Batch, start: int, stop: int) -> Batch:
+    """Samples [start, stop) of a whole batch, labels included (unlike batches.slice_batch)."""
+    B = batch_size(batch)
+
+    def cut(v: Any) -> Any:
+        return v[start:stop] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B else v
+
+    if isinstance(batch, Mapping):
+        return {k: cut(v) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(cut(v) for v in batch)
+    return cut(batch)
+
+
+class _TransformOfBatchGrad:
+    """fn(batch gradient): exact for one-sample batches (the fallback path)."""
+
+    def __init__(self, params: dict[str, nn.Parameter], fn: Transform) -> None:
+        self._handles = [p.register_hook(fn) for p in params.values()]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def accumulate_per_sample(
+    ctx: ImportanceContext, batches: Iterable[Batch], loss_fn: BatchLoss, transform: Transform
+) -> ImportanceSums:
+    """Return sum_k transform(d loss_k / d theta) over all samples, with the sample and batch counts."""
+    hooks: Any = PerSampleAbsGrad(
+        ctx.model, ctx.params, check=ctx.config.check_per_sample, transform=transform
+    )
+    one_at_a_time = False
+    n_samples = n_batches = 0
+    try:
+        for batch in batches:
+            B = batch_size(batch)
+            if not one_at_a_time:
+                try:
+                    hooks.start_batch(B)
+                    ctx.backward(loss_fn(batch))
+                except PerSampleMismatch as e:
+                    if n_batches > 0:
+                        raise
+                    warnings.warn(
+                        f"{e}; falling back to one sample per backward pass (exact, slower)", stacklevel=2
+                    )
+                    ctx.zero_grads()
+                    hooks.remove()
+                    hooks, one_at_a_time = _TransformOfBatchGrad(ctx.params, transform), True
+            if one_at_a_time:
+                for k in range(B):
+                    ctx.backward(loss_fn(slice_full_batch(batch, k, k + 1)))
+            n_samples += B
+            n_batches += 1
+            ctx.progress(B)
+    finally:
+        hooks.remove()
+    return ImportanceSums(ctx.read_grads(), n_samples, n_batches)
