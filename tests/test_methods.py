@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from conftest import tiny_mlp
+from conftest import padded_lm_batch, tiny_gpt2, tiny_mlp
 
 from masllm import MASConfig, compute_importance
 
@@ -20,3 +21,71 @@ def test_l2_is_uniform_omega_one():
             if p.requires_grad:
                 torch.testing.assert_close(omega[n], torch.ones_like(p))
         assert omega.tasks[0]["num_samples"] == 7
+
+
+# ---- EWC: diagonal Fisher, per sample --------------------------------------------------------------
+
+
+def fisher_loop(model, samples, log_lik):
+    """1/N sum_k (d log p(y_k|x_k) / d theta)^2, one sample at a time with plain autograd."""
+    model.eval()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for s in samples:
+        grads = torch.autograd.grad(log_lik(s), list(params.values()), allow_unused=True)
+        for (n, _), g in zip(params.items(), grads):
+            if g is not None:
+                total[n] += g.pow(2)
+    return {n: t / len(samples) for n, t in total.items()}
+
+
+def assert_close(omega, ref, rtol=1e-4, atol=1e-7):
+    assert set(omega) == set(ref)
+    for n in ref:
+        torch.testing.assert_close(omega[n], ref[n], rtol=rtol, atol=atol, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_ewc_empirical_fisher_equals_per_sample_loop_mlp():
+    model = tiny_mlp()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(7, 6, generator=g), torch.randint(0, 4, (7,), generator=g)
+    ref = fisher_loop(model, range(7), lambda k: model(x[k : k + 1]).log_softmax(-1)[0, y[k]])
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    omega = compute_importance(model, batches, MASConfig(method="ewc"), show_progress=False)
+    assert_close(omega, ref)
+
+
+def test_ewc_causal_lm_uses_shifted_input_ids_and_skips_padding():
+    model, batch = tiny_gpt2(), padded_lm_batch(n=5)
+
+    def log_lik(k):
+        ids, mask = batch["input_ids"][k], batch["attention_mask"][k].bool()
+        logp = (
+            model(input_ids=ids[None], attention_mask=batch["attention_mask"][k : k + 1])
+            .logits[0]
+            .log_softmax(-1)
+        )
+        keep = mask[1:]  # position t predicts token t+1; both must be real tokens
+        return logp[:-1][keep].gather(-1, ids[1:][keep][:, None]).sum()
+
+    ref = fisher_loop(model, range(5), log_lik)
+    batches = [{k: v[:3] for k, v in batch.items()}, {k: v[3:] for k, v in batch.items()}]
+    omega = compute_importance(model, batches, MASConfig(method="ewc"), show_progress=False)
+    assert_close(omega, ref, rtol=2e-4)
+
+
+def test_ewc_sampled_fisher_uses_model_predictions(monkeypatch):
+    """Sampling replaced by argmax (deterministic): the Fisher must be that of the model's own labels."""
+    model = tiny_mlp()
+    x = torch.randn(6, 6, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(torch, "multinomial", lambda p, n: p.argmax(-1, keepdim=True))
+    ref = fisher_loop(model, range(6), lambda k: model(x[k : k + 1]).log_softmax(-1).max())
+    omega = compute_importance(
+        model, [x[:4], x[4:]], MASConfig(method="ewc", ewc_sampled=True), show_progress=False
+    )
+    assert_close(omega, ref)
+
+
+def test_ewc_without_labels_says_how_to_fix():
+    with pytest.raises(ValueError, match="ewc_sampled"):
+        compute_importance(tiny_mlp(), [torch.randn(3, 6)], MASConfig(method="ewc"), show_progress=False)
