@@ -1,0 +1,324 @@
+"""Continual training on a sequence of domains with MAS, and the forgetting report.
+
+Usage:
+    accelerate launch [--config_file accelerate_configs/cpu.yaml] recipes/sequential.py \\
+        --config recipes/configs/demo.yaml [--key value ...]
+
+The YAML file gives defaults for every argument (the dataclasses below and transformers'
+`TrainingArguments`); command-line flags override it. `--method finetune|l2|mas|...` picks the
+method ("finetune" or any key of `masllm.importance.ESTIMATORS`); `--compare finetune,mas,l2=0.01`
+runs several on the same sequence (a `=value` sets that run's lambda) and puts them in one report.
+
+The loop is the MAS paper's procedure (Aljundi et al., ECCV 2018, Sec. 4.2), one task at a time:
+  1. train task k with a new MASTrainer: L_k + lambda sum Omega (theta - theta*)^2 (Eq. 3);
+  2. estimate Omega_k on the task's unlabeled set (Eq. 2) and accumulate it: Omega += Omega_k;
+     theta* <- the weights after task k;
+  3. evaluate every task, seen or to come: row k of R;
+  4. save model + Omega + that row under output_dir/<method>/<k>-<task>/.
+Rerunning the same command resumes: finished tasks are skipped, an unfinished one continues from
+its last Trainer checkpoint, and the report is the same as an uninterrupted run's. The first task
+has no penalty whatever the method, so with --compare it is trained once and shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+import masllm
+from masllm import MASConfig, MASTrainer, Omega, compute_importance
+from masllm.checkpoint import CONFIG_NAME, OMEGA_NAME, atomic_write_text, load_tensors
+from masllm.data import TASK_KINDS, Task, TaskSequence, evaluate_with_trainer
+from masllm.report import RunResult, build_report, format_report, write_report
+
+logger = logging.getLogger("masllm.recipes.sequential")
+FINETUNE = "finetune"
+ROW_FILE = "eval_row.json"  # written last: its presence marks a finished task
+
+
+def methods() -> list[str]:
+    """Every method the recipe can run: plain fine-tuning plus each registered importance estimator."""
+    return [FINETUNE, *masllm.ESTIMATORS]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub name or local path of a pretrained model."}
+    )
+    model_config: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Build the model from this config instead (a dict with model_type; JSON on the CLI)."
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer to use; default: the model's, or one trained on the domains."},
+    )
+    vocab_size: int = field(
+        default=4096, metadata={"help": "Vocabulary of the locally trained BPE tokenizer."}
+    )
+
+
+@dataclass
+class DataArguments:
+    kind: str = field(default="causal_lm", metadata={"help": "Task kind, a key of masllm.data.TASK_KINDS."})
+    domains: list | str | None = field(
+        default=None,
+        metadata={"help": "Ordered list of domains (masllm.data.DomainConfig fields; JSON on the CLI)."},
+    )
+    block_size: int = field(default=128, metadata={"help": "Tokens per packed training block."})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Cache of tokenizer and packed domains (default: <output_dir>/cache)."},
+    )
+    document_seed: int = field(default=0, metadata={"help": "Seed of the document shuffle before packing."})
+    tokenizer_chars_per_domain: int = field(
+        default=1_000_000, metadata={"help": "Characters of each domain the local tokenizer is trained on."}
+    )
+
+
+@dataclass
+class ContinualArguments(MASConfig):
+    """MASConfig's fields (every one a flag) plus the choice of method(s) and the report options."""
+
+    method: str = field(
+        default="mas",
+        metadata={
+            "help": "'finetune' (no penalty) or an importance estimator of masllm.importance.ESTIMATORS."
+        },
+    )
+    compare: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated methods run on the same sequence, e.g. 'finetune,mas,l2=0.01'."},
+    )
+    plots: bool = field(default=True, metadata={"help": "Write PNG plots beside report.json."})
+
+    def validate(self) -> None:
+        """Each run must name a known method; the other fields are checked as a MASConfig."""
+        for method, reg_lambda in self.runs():
+            self.mas_config(method, reg_lambda)
+
+    def runs(self) -> list[tuple[str, float | None]]:
+        """(method, lambda or None for the default) of each run, in order."""
+        specs = self.compare.split(",") if self.compare else [self.method]
+        out = []
+        for spec in (s.strip() for s in specs):
+            method, _, value = spec.partition("=")
+            if method not in methods():
+                raise ValueError(f"Unknown method {method!r}; known methods are {methods()}")
+            out.append((method, float(value) if value else None))
+        if len({self._name(m, v) for m, v in out}) != len(out):
+            raise ValueError(f"compare lists a run twice: {self.compare!r}")
+        return out
+
+    def mas_config(self, method: str, reg_lambda: float | None) -> MASConfig | None:
+        """The MASConfig of one run (None for finetune: no importance, no penalty)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(MASConfig)}
+        values.update(method=method if method != FINETUNE else "mas")
+        if reg_lambda is not None:
+            values["reg_lambda"] = reg_lambda
+        config = MASConfig(**values)
+        return None if method == FINETUNE else config
+
+    @staticmethod
+    def _name(method: str, reg_lambda: float | None) -> str:
+        return method if reg_lambda is None else f"{method}-lambda{reg_lambda:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments: YAML defaults, command-line overrides
+# ---------------------------------------------------------------------------------------------
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, ContinualArguments, TrainingArguments))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Any, ...]:
+    """`--config FILE` sets the defaults (every key must be a known argument); flags override them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(argv)
+    parser = make_parser()
+    defaults: dict[str, Any] = {}
+    if known.config:
+        defaults = yaml.safe_load(Path(known.config).read_text()) or {}
+        valid = {a.dest for a in parser._actions}
+        unknown = sorted(set(defaults) - valid)
+        if unknown:
+            raise ValueError(f"{known.config}: unknown keys {unknown}")
+    if not torch.cuda.is_available() and "--use_cpu" not in rest:
+        defaults.setdefault("use_cpu", True)  # else each CPU rank trains alone (DESIGN.md)
+    parser.set_defaults(**defaults)
+    model_args, data_args, cl_args, training_args = parser.parse_args_into_dataclasses(args=rest)
+    model_args.model_config = _structured(model_args.model_config)
+    data_args.domains = _structured(data_args.domains)
+    if not data_args.domains:
+        raise ValueError("No domains: give `domains:` in the YAML file or --domains '[...]'")
+    if data_args.kind not in TASK_KINDS:
+        raise ValueError(f"Unknown kind {data_args.kind!r}; known kinds are {sorted(TASK_KINDS)}")
+    data_args.cache_dir = data_args.cache_dir or str(Path(training_args.output_dir) / "cache")
+    return model_args, data_args, cl_args, training_args
+
+
+def _structured(value: Any) -> Any:
+    """A YAML/JSON string from the command line, or the already-structured value from the YAML file."""
+    return yaml.safe_load(value) if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# One method on the whole sequence
+# ---------------------------------------------------------------------------------------------
+def run_sequence(
+    seq: TaskSequence,
+    mas_config: MASConfig | None,
+    base_args: TrainingArguments,
+    run_dir: Path,
+    shared_first: Path | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> list[dict[str, dict[str, float]]]:
+    """Train the tasks in order (MAS, Sec. 4.2) and return R's rows; resumes where a run stopped."""
+    rows: list[dict[str, dict[str, float]]] = []
+    previous: Path | None = None
+    for k, task in enumerate(seq.tasks):
+        step_dir = run_dir / f"{k}-{task.name}"
+        if (step_dir / ROW_FILE).is_file():  # finished by an earlier launch
+            rows.append(json.loads((step_dir / ROW_FILE).read_text()))
+            previous = step_dir
+            continue
+        # A finished training (this task's, or task 0's of another method) is loaded, not rerun.
+        checkpoint = _resume_point(step_dir, k, shared_first)
+        finished = checkpoint is not None and _training_finished(checkpoint)
+        source = Path(checkpoint) if finished else previous
+        model = seq.model_init(str(source) if source else None)
+        omega = _load_omega(source, model, mas_config)
+
+        # 1. Learn task k under the penalty of tasks < k (Eq. 3).
+        args = _step_args(base_args, step_dir, task)
+        trainer = MASTrainer(
+            model=model,
+            args=args,
+            train_dataset=task.train_dataset,
+            data_collator=task.data_collator,
+            processing_class=seq.processing_class,
+            callbacks=callbacks,
+            mas_config=mas_config,
+            omega=omega,
+            **seq.trainer_kwargs,
+        )
+        if not finished:
+            trainer.train(resume_from_checkpoint=checkpoint)
+
+        # 2. Omega_k on the task's unlabeled data (Eq. 2), accumulated (Sec. 4.2); theta* <- theta.
+        if mas_config is not None:
+            new = compute_importance(
+                trainer.model,
+                task.importance_dataset,
+                mas_config,
+                task_name=task.name,
+                collate_fn=task.data_collator,
+                show_progress=trainer.is_world_process_zero(),
+            )
+            trainer.omega.merge(new)
+
+        # 3. Row k of R: every task, seen or to come.
+        row = {t.name: evaluate(trainer, t) for t in seq.tasks}
+
+        # 4. Model + Omega (MASTrainer._save writes it), then the row: the task is done.
+        trainer.save_model(str(step_dir))
+        if trainer.is_world_process_zero():
+            atomic_write_text(step_dir / ROW_FILE, json.dumps(row, indent=2, sort_keys=True) + "\n")
+        trainer.accelerator.wait_for_everyone()
+        rows.append(row)
+        previous = step_dir
+    return rows
+
+
+def _load_omega(source: Path | None, model: torch.nn.Module, mas_config: MASConfig | None) -> Omega | None:
+    """Omega of tasks < k saved in `source` (None: finetune, or nothing to protect yet)."""
+    if mas_config is None or source is None or not (source / CONFIG_NAME).is_file():
+        return None
+    omega = Omega.from_pretrained(source, model=model)
+    omega.config = mas_config  # this run's merge rule and lambda, whatever was saved
+    return omega
+
+
+def _step_args(base: TrainingArguments, step_dir: Path, task: Task) -> TrainingArguments:
+    """The run's TrainingArguments with this task's checkpoints folder and its overrides."""
+    args = dataclasses.replace(base, output_dir=str(step_dir / "checkpoints"))
+    for key, value in task.training_overrides.items():
+        if not hasattr(args, key):
+            raise ValueError(f"Task {task.name!r}: unknown training override {key!r}")
+        setattr(args, key, value)
+    return args
+
+
+def _resume_point(step_dir: Path, k: int, shared_first: Path | None) -> str | None:
+    """This task's last Trainer checkpoint; for task 0, another method's finished one (no penalty yet)."""
+    own = step_dir / "checkpoints"
+    if own.is_dir() and (last := get_last_checkpoint(str(own))):
+        return last
+    if k == 0 and shared_first is not None and (shared_first / ROW_FILE).is_file():
+        return get_last_checkpoint(str(shared_first / "checkpoints"))
+    return None
+
+
+def _training_finished(checkpoint: str) -> bool:
+    """True when the checkpoint is the end of its training (resuming it would run one step more)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"]
+
+
+def evaluate(trainer: MASTrainer, task: Task) -> dict[str, float]:
+    """The task's metrics with the current weights, using its own collator."""
+    collator = trainer.data_collator
+    trainer.data_collator = task.data_collator or collator
+    try:
+        return (task.evaluate or evaluate_with_trainer)(trainer, task)
+    finally:
+        trainer.data_collator = collator
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+    """Run every requested method on the sequence and write the report; returns report.json's content."""
+    model_args, data_args, cl_args, training_args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    seq = TASK_KINDS[data_args.kind](model_args, data_args, training_args)
+    output_dir = Path(training_args.output_dir)
+    results, omegas, first_dir = [], {}, None
+    for method, reg_lambda in cl_args.runs():
+        name = cl_args._name(method, reg_lambda)
+        mas_config = cl_args.mas_config(method, reg_lambda)
+        run_dir = output_dir / name
+        rows = run_sequence(seq, mas_config, training_args, run_dir, first_dir, callbacks)
+        first_dir = first_dir or run_dir / f"0-{seq.tasks[0].name}"
+        lam = mas_config.reg_lambda if mas_config else None
+        results.append(RunResult(name=name, method=method, reg_lambda=lam, rows=rows))
+        last = run_dir / f"{len(seq.tasks) - 1}-{seq.tasks[-1].name}"
+        if mas_config is not None and (last / CONFIG_NAME).is_file():
+            omegas[name] = load_tensors(last, OMEGA_NAME)
+    tasks = [t.name for t in seq.tasks]
+    report = build_report(results, tasks, seq.metrics, seq.primary_metric)
+    if training_args.should_save:
+        write_report(report, output_dir, omegas, plots=cl_args.plots)
+        print(format_report(report), flush=True)
+        print(f"Report: {output_dir / 'report.md'}", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
