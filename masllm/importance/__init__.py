@@ -19,6 +19,7 @@ from ..omega import Omega
 from .batches import as_batches, limit_samples
 from .context import ImportanceContext, ImportanceSums
 from .fisher import fisher_importance
+from .lmas import lmas_importance
 from .mas import mas_importance
 from .uniform import uniform_importance
 
@@ -28,6 +29,7 @@ ESTIMATORS: dict[str, Estimator] = {
     "l2": uniform_importance,
     "ewc": fisher_importance,
     "online_ewc": fisher_importance,  # merged with merge='decay' (MASConfig checks it)
+    "lmas": lmas_importance,
 }
 
 
