@@ -38,6 +38,12 @@ class PerSampleMismatch(RuntimeError):
     """Per-sample gradients could not be formed for some parameter in this batch."""
 
 
+def reduce_samples(t: torch.Tensor, fn: Transform) -> torch.Tensor:
+    """sum_k fn(t_k) over dim 0, consuming `t`: |.| and square run in place (no (B, *shape) temporary)."""
+    inplace = {torch.abs: torch.Tensor.abs_, torch.square: torch.Tensor.square_}.get(fn)
+    return (inplace(t) if inplace else fn(t)).sum(0)
+
+
 class _Dense:
     """Per-sample gradients as a dense (B, *shape) tensor."""
 
@@ -45,7 +51,7 @@ class _Dense:
         self.t = t
 
     def transformed_sum(self, fn: Transform) -> torch.Tensor:
-        return fn(self.t).sum(0)
+        return reduce_samples(self.t, fn)
 
     def sum(self) -> torch.Tensor:
         return self.t.sum(0)
@@ -241,7 +247,8 @@ class PerSampleAbsGrad:
 
     def _collect(self, pid: int, ps: Any) -> None:
         if self.uses[pid] == 1:
-            self.result[pid] = (ps.transformed_sum(self.transform), ps.sum() if self.check else None)
+            signed = ps.sum() if self.check else None  # before transformed_sum, which consumes ps
+            self.result[pid] = (ps.transformed_sum(self.transform), signed)
             return
         if pid not in self.pending:
             p = self.params[pid]
@@ -250,7 +257,8 @@ class PerSampleAbsGrad:
         self.arrived[pid] = self.arrived.get(pid, 0) + 1
         if self.arrived[pid] == self.uses[pid]:
             buf = self.pending.pop(pid)
-            self.result[pid] = (self.transform(buf).sum(0), buf.sum(0) if self.check else None)
+            signed = buf.sum(0) if self.check else None
+            self.result[pid] = (reduce_samples(buf, self.transform), signed)
 
     # backward, at the parameter: hand autograd sum_k |g_k| (or fn(g_k)) instead of sum_k g_k
     def _on_param_grad(self, pid: int, grad: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""Cost of the MAS penalty in a training step, measured side by side in one run.
+
+Usage:
+    OMP_NUM_THREADS=1 python bench/penalty_overhead.py [--rounds 5] [--batch 8] [--seq 128]
+
+Three optimizer steps on the same GPT-2-shaped model (~25M parameters, CPU, AdamW), each a real
+`Trainer.training_step` + clip + `optimizer.step`:
+- plain: transformers.Trainer, no penalty;
+- masllm: MASTrainer, the penalty gradient 2 lambda Omega (theta - theta*) added with foreach ops;
+- loss-term: the penalty most libraries use, a Python loop of (Omega * (p - p_old)**2).sum() added
+  to the loss, so autograd builds and back-propagates through it.
+Target (issue 2): masllm <= 1.03x plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import torch
+from common import gpt2_25m, interleaved, num_params, print_table
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainingArguments
+
+from masllm import MASConfig, MASTrainer, Omega
+
+
+class Tokens(Dataset):
+    def __init__(self, n: int, seq: int, vocab: int):
+        self.ids = torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class LossTermTrainer(Trainer):
+    """The usual approach: the penalty as a loss term, a Python loop over parameters."""
+
+    def __init__(self, *args, omega: Omega, reg_lambda: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.omega, self.reg_lambda = omega, reg_lambda
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        penalty = 0.0
+        for n, p in self.model.named_parameters():
+            penalty = penalty + (self.omega[n] * (p - self.omega.anchors[n]) ** 2).sum()
+        return loss + self.reg_lambda * penalty
+
+
+def random_omega(model) -> Omega:
+    g = torch.Generator().manual_seed(1)
+    imp = {n: torch.rand(p.shape, generator=g) for n, p in model.named_parameters()}
+    anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return Omega(imp, anchors, tasks=[{"name": "previous", "num_samples": 1, "method": "mas"}])
+
+
+def make_stepper(trainer: Trainer):
+    """One full optimizer step exactly as Trainer's inner loop does it."""
+    trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
+    trainer.accelerator.gradient_state._set_sync_gradients(True)
+    model, batch = trainer.model, next(iter(trainer.get_train_dataloader()))
+
+    def step():
+        trainer.training_step(model, batch)
+        trainer._clip_grad_norm(model)
+        trainer.optimizer.step()
+        model.zero_grad()
+
+    return step
+
+
+def main(rounds: int, batch: int, seq: int) -> None:
+    torch.set_num_threads(1)
+    model = gpt2_25m()
+    omega = random_omega(model)
+    data = Tokens(64, seq, model.config.vocab_size)
+    tmp = tempfile.mkdtemp()
+    args = TrainingArguments(
+        output_dir=tmp, per_device_train_batch_size=batch, report_to=[], use_cpu=True, max_grad_norm=1.0
+    )
+    cfg = MASConfig(reg_lambda=1.0)
+    variants = {
+        "plain Trainer": make_stepper(Trainer(gpt2_25m(), args, train_dataset=data)),
+        "MASTrainer (grad, foreach)": make_stepper(
+            MASTrainer(gpt2_25m(), args, train_dataset=data, mas_config=cfg, omega=omega)
+        ),
+        "loss-term penalty (Python loop)": make_stepper(
+            LossTermTrainer(gpt2_25m(), args, train_dataset=data, omega=omega, reg_lambda=1.0)
+        ),
+    }
+    print(f"GPT-2-shaped model, {num_params(model) / 1e6:.1f}M parameters; batch {batch} x {seq} tokens; "
+          f"AdamW, clip 1.0; torch threads 1; {rounds} interleaved rounds")
+    medians = interleaved(variants, rounds)
+    print_table("seconds per optimizer step", medians, "plain Trainer", {"MASTrainer (grad, foreach)": "<= 1.03x"})
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    a = p.parse_args()
+    main(a.rounds, a.batch, a.seq)
