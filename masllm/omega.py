@@ -97,12 +97,15 @@ class Omega(Mapping[str, torch.Tensor]):
         config: MASConfig | None = None,
         tasks: list[dict[str, Any]] | None = None,
         merge_state: dict[str, Any] | None = None,
+        shards: Mapping[str, Any] | None = None,
     ) -> None:
         self.importance: Tensors = dict(importance or {})
         self.anchors: Tensors = dict(anchors or {})
         self.config = config or MASConfig()
         self.tasks: list[dict[str, Any]] = list(tasks or [])
         self.merge_state: dict[str, Any] = dict(merge_state or {})
+        # Under ZeRO: name -> masllm.sharding.Shard, the slice of the full tensor each flat entry holds.
+        self.shards: dict[str, Any] = dict(shards or {})
 
     # Mapping interface: name -> importance tensor.
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -123,6 +126,27 @@ class Omega(Mapping[str, torch.Tensor]):
     def is_empty(self) -> bool:
         """True before any task has been merged: the penalty is then zero."""
         return not self.importance
+
+    @property
+    def is_sharded(self) -> bool:
+        """True when this rank holds flat slices (ZeRO) rather than full tensors."""
+        return bool(self.shards)
+
+    def set_local_anchors(self, values: Mapping[str, torch.Tensor], shards: Mapping[str, Any]) -> Omega:
+        """theta* <- this rank's slices of the fp32 master weights (ZeRO), with their `Shard`s."""
+        dtype = _storage_dtype(self.config)
+        self.anchors = {n: values[n].detach().to(dtype=dtype, copy=True) for n in self.importance}
+        self.shards = {n: shards[n] for n in self.importance}
+        return self
+
+    def reshard(self, shards: Mapping[str, Any]) -> Omega:
+        """Keep only this rank's slices of full Omega and theta* (loading into a ZeRO run), in place."""
+        for n in self.importance:
+            self.importance[n] = shards[n].slice_of(self.importance[n]).clone()
+            if n in self.anchors:
+                self.anchors[n] = shards[n].slice_of(self.anchors[n]).clone()
+        self.shards = {n: shards[n] for n in self.importance}
+        return self
 
     def set_anchors(self, model: nn.Module) -> Omega:
         """theta* <- the model's current values of the parameters Omega covers (Eq. 3)."""
@@ -151,6 +175,7 @@ class Omega(Mapping[str, torch.Tensor]):
         MERGE_FUNCTIONS[self.config.merge](self.importance, full, self.merge_state)
         self.anchors = {**self.anchors, **new.anchors}
         self.tasks.extend(new.tasks)
+        self.shards = {**self.shards, **new.shards}
         return self
 
     def validate(self, model: nn.Module | None = None) -> None:
@@ -161,7 +186,11 @@ class Omega(Mapping[str, torch.Tensor]):
         check_tensors(self.anchors, "theta*")
         if self.anchors and set(self.anchors) != set(self.importance):
             raise ValueError("theta* and Omega cover different parameters")
-        if model is not None:
+        if model is not None and self.is_sharded:
+            for n, t in self.importance.items():
+                if t.numel() != self.shards[n].numel:
+                    raise ValueError(f"Omega[{n!r}] holds {t.numel()} elements, its shard {self.shards[n].numel}")
+        elif model is not None:
             check_against_model(self.importance, model, "Omega")
             check_against_model(self.anchors, model, "theta*")
 
@@ -192,7 +221,6 @@ def check_against_model(tensors: Mapping[str, torch.Tensor], model: nn.Module, w
     if unknown:
         raise ValueError(f"{what} has {len(unknown)} names the model lacks, e.g. {unknown[:3]}")
     for n, t in tensors.items():
-        if tuple(t.shape) != tuple(params[n].shape):
-            raise ValueError(
-                f"{what}[{n!r}] has shape {tuple(t.shape)}, the model's parameter {tuple(params[n].shape)}"
-            )
+        shape = tuple(getattr(params[n], "ds_shape", params[n].shape))  # ZeRO-3 placeholders: (0,)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{what}[{n!r}] has shape {tuple(t.shape)}, the model's parameter {shape}")

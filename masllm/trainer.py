@@ -23,8 +23,10 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from . import sharding
 from .checkpoint import CONFIG_NAME
 from .config import MASConfig
+from .consolidate import load_omega_shards, save_omega_consolidated
 from .omega import Omega
 from .penalty import add_penalty_grad_
 
@@ -43,6 +45,8 @@ class MASTrainer(Trainer):
         self._penalty_terms: tuple[list[torch.Tensor], ...] | None = None
         self._penalty_total = torch.zeros(())
         self._penalty_steps = 0
+        self._local: sharding.LocalShards | None = None  # DeepSpeed ZeRO: this rank's slices
+        self._resume_dir: str | None = None
 
     @property
     def penalty_active(self) -> bool:
@@ -79,9 +83,91 @@ class MASTrainer(Trainer):
         self._penalty_total = self._penalty_total + value.detach().cpu()
         self._penalty_steps += 1
 
+    # DeepSpeed ZeRO: the penalty on each rank's slices, inside the ZeRO optimizer's step.
+    def _wrap_zero_step(self) -> None:
+        """Run `apply_sharded_penalty` at the start of every ZeRO optimizer step.
+
+        Accelerate runs the engine's backward and step in one call, and the Trainer's
+        `on_pre_optimizer_step` fires after DeepSpeed has stepped; the ZeRO optimizer's own `step`
+        is the one place that is after the reduction of the last micro-batch and before the
+        overflow check, unscaling, clipping and update (DESIGN.md, "The hard parts" 1).
+        """
+        optimizer = self.model_wrapped.optimizer
+        if getattr(optimizer, "_mas_wrapped", False):
+            return
+        step = optimizer.step
+
+        def step_with_penalty(*args: Any, **kwargs: Any) -> Any:
+            self.apply_sharded_penalty()
+            return step(*args, **kwargs)
+
+        optimizer.step = step_with_penalty
+        optimizer._mas_wrapped = True
+        self._local = None
+
+    def _bind_sharded_penalty(self) -> tuple[list[torch.Tensor], ...]:
+        """This rank's (theta, Omega, theta*) slices; a full Omega, or one in a checkpoint being
+        resumed, is cut down to them here (resharding for any world size)."""
+        params = sharding.trainable_with_master(self.model_wrapped)
+        missing = [n for n in self.omega.importance if n not in params]
+        if missing:
+            raise ValueError(f"Omega covers parameters that do not train here, e.g. {missing[:3]}")
+        names = list(self.omega.importance) or list(params)
+        self._local = local = sharding.LocalShards(self.model_wrapped, {n: params[n] for n in names})
+        if self._resume_dir and (Path(self._resume_dir) / CONFIG_NAME).is_file():
+            loaded = load_omega_shards(self._resume_dir, local.shards, local.values())
+            self.omega.__dict__.update(loaded.__dict__)  # same object: callers' references stay valid
+            self.mas_config = self.omega.config
+        elif not self.omega.is_sharded:
+            self.omega.reshard(local.shards)
+        elif any(self.omega.shards[n] != s for n, s in local.shards.items() if n in self.omega.shards):
+            raise ValueError("Omega's shards do not match this engine's partitioning (world size changed?)")
+        values = local.values()
+        names = list(self.omega.importance)
+        return (
+            [values[n] for n in names],
+            [self.omega[n] for n in names],
+            [self.omega.anchors[n] for n in names],
+        )
+
+    def apply_sharded_penalty(self) -> None:
+        """grad_local += loss_scale * 2 lambda Omega_local (theta_local - theta*_local) (Eq. 3), no communication."""
+        if self._penalty_terms is None and (self.penalty_active or self._resume_dir):
+            self._penalty_terms = self._bind_sharded_penalty()
+        if not self.penalty_active:
+            return
+        theta, omegas, anchors = self._penalty_terms
+        grads = self._local.grads()
+        names = list(self.omega.importance)
+        omegas = [o if o.dtype == t.dtype else o.to(t.dtype) for o, t in zip(omegas, theta)]  # bf16 storage
+        anchors = [a if a.dtype == t.dtype else a.to(t.dtype) for a, t in zip(anchors, theta)]
+        value = add_penalty_grad_(
+            theta,
+            [grads[n] for n in names],
+            omegas,
+            anchors,
+            self.mas_config.penalty_weight,
+            self._local.loss_scale(),  # local gradients are still scaled by fp16's loss scale
+        )
+        self._local.commit_grads()
+        self._penalty_total = self._penalty_total + value.detach().cpu()
+        self._penalty_steps += 1
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        if self.is_deepspeed_enabled and resume_from_checkpoint:
+            if resume_from_checkpoint is True:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            self._resume_dir = resume_from_checkpoint  # DeepSpeed resumes without _load_from_checkpoint
+            self._penalty_terms = None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
+        if self.is_deepspeed_enabled:
+            self._wrap_zero_step()
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.accelerator.sync_gradients and not self.is_deepspeed_enabled:
             self.apply_penalty()  # after the last micro-batch's backward, before clipping and step
@@ -89,14 +175,22 @@ class MASTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._penalty_steps and "loss" in logs:
-            logs["mas_penalty"] = round(float(self._penalty_total) / self._penalty_steps, 8)
+            total = self._penalty_total
+            if self.omega.is_sharded:  # each rank holds its slices' part of the sum
+                total = sharding.all_reduce_sum(total)
+            logs["mas_penalty"] = round(float(total) / self._penalty_steps, 8)
             self._penalty_total, self._penalty_steps = torch.zeros(()), 0
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict=state_dict)
-        if not self.omega.is_empty and self.args.should_save:
+        if not self.omega.is_empty and not self.omega.is_sharded and self.args.should_save:
             self.omega.save_pretrained(output_dir or self.args.output_dir, model=self.model)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.omega.is_sharded:  # every rank takes part; rank 0 writes one full tensor at a time
+            save_omega_consolidated(self.omega, output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)

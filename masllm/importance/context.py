@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import MASConfig
+from ..sharding import LocalShards
 
 
 @dataclass
@@ -35,9 +36,13 @@ class ImportanceContext:
     device: torch.device
     progress: Callable[[int], None] = lambda n: None
     backward: Callable[[torch.Tensor], None] = field(default=lambda loss: loss.backward())
+    local: LocalShards | None = None  # under ZeRO: the rank's slices (see importance.distributed)
+    engine_grads: Callable[[], dict[str, torch.Tensor]] | None = None  # under ZeRO: the accumulated slices
 
     def read_grads(self) -> dict[str, torch.Tensor]:
-        """Accumulated gradients (zeros for parameters no sample reached)."""
+        """Accumulated gradients (zeros for parameters no sample reached); under ZeRO, local slices."""
+        if self.engine_grads is not None:
+            return self.engine_grads()
         return {
             n: (
                 p.grad.detach().float().clone()
@@ -48,5 +53,8 @@ class ImportanceContext:
         }
 
     def zero_grads(self) -> None:
+        if self.local is not None:
+            self.local.zero_grads()
+            return
         for p in self.params.values():
             p.grad = None
