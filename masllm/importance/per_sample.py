@@ -252,7 +252,8 @@ class PerSampleAbsGrad:
             return
         if pid not in self.pending:
             p = self.params[pid]
-            self.pending[pid] = p.new_zeros((self.batch_size, *p.shape), dtype=torch.float32)
+            shape = getattr(p, "ds_shape", p.shape)  # a ZeRO-3 placeholder's own shape is (0,)
+            self.pending[pid] = p.new_zeros((self.batch_size, *shape), dtype=torch.float32)
         ps.add_to(self.pending[pid])
         self.arrived[pid] = self.arrived.get(pid, 0) + 1
         if self.arrived[pid] == self.uses[pid]:
