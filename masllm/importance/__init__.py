@@ -14,10 +14,12 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import sharding
 from ..config import MASConfig
 from ..omega import Omega
 from .batches import as_batches, limit_samples
 from .context import ImportanceContext, ImportanceSums
+from .distributed import Lockstep, combine, rank_share, use_engine
 from .fisher import fisher_importance
 from .lmas import lmas_importance
 from .mas import mas_importance
@@ -50,35 +52,56 @@ def compute_importance(
     """Estimate Omega for `model` on unlabeled `data` (Dataset, DataLoader or iterable of batches).
 
     The result's anchors are the model's current weights: merge it into the running Omega with
-    `omega.merge(new)` after each task.
+    `omega.merge(new)` after each task. With a process group, every rank must call this: a Dataset
+    is split across ranks, an iterable is taken as this rank's share, and N counts all ranks'
+    samples. Under DeepSpeed ZeRO pass the engine (`trainer.model_wrapped`): the result then
+    holds this rank's slices of Omega and theta* (see `masllm.sharding`).
     """
     config = config or MASConfig()
+    engine = sharding.deepspeed_engine(model)
+    if engine is not None:
+        model = engine.module
+    elif isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module  # a plain backward on the module: no DDP all-reduce of |g| sums
     params = trainable_parameters(model)
     if not params:
         raise ValueError("The model has no trainable parameters: nothing to estimate importance for")
-    batches = limit_samples(
-        as_batches(data, config.importance_batch_size, collate_fn), config.max_importance_samples
+    rank, world_size = sharding.world()
+    data, cap = rank_share(data, config, rank, world_size)
+    batches = limit_samples(as_batches(data, config.importance_batch_size, collate_fn), cap)
+    lockstep = Lockstep(batches) if engine is not None else None
+    bar = tqdm(
+        desc=f"importance ({config.method}, {task_name})",
+        unit="sample",
+        disable=not show_progress or rank != 0,
     )
-    bar = tqdm(desc=f"importance ({config.method}, {task_name})", unit="sample", disable=not show_progress)
-    ctx = ImportanceContext(model, params, config, next(iter(params.values())).device, progress=bar.update)
+    device = next(iter(params.values())).device
+    ctx = ImportanceContext(model, params, config, device, progress=bar.update)
+    if engine is not None:
+        use_engine(ctx, engine, lockstep)
     stash = {n: p.grad for n, p in params.items()}
     was_training = model.training
     model.train(config.model_mode == "train")
     try:
         ctx.zero_grads()
-        result = ESTIMATORS[config.method](ctx, batches)
+        result = ESTIMATORS[config.method](ctx, lockstep if lockstep is not None else batches)
     finally:
         ctx.zero_grads()
         for n, p in params.items():
             p.grad = stash[n]
         model.train(was_training)
         bar.close()
+    if world_size > 1:
+        result = combine(result, engine, lockstep)
     if result.num_samples == 0:
         raise ValueError("The importance data yielded no samples: Omega needs at least one (Eq. 2)")
     denom = result.num_samples if config.normalize == "samples" else result.num_batches
     importance = {n: t.div_(denom) for n, t in result.sums.items()}  # Eq. 2: 1/N sum_k
     task = {"name": task_name, "num_samples": result.num_samples, "method": config.method}
-    return Omega(importance, config=config, tasks=[task]).set_anchors(model)
+    omega = Omega(importance, config=config, tasks=[task])
+    if ctx.local is not None:
+        return omega.set_local_anchors(ctx.local.values(), ctx.local.shards)
+    return omega.set_anchors(model)
 
 
 __all__ = ["ESTIMATORS", "ImportanceContext", "ImportanceSums", "compute_importance", "trainable_parameters"]
