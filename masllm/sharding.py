@@ -149,6 +149,10 @@ class LocalShards:
     def zero_grads(self) -> None:
         """Drop the accumulated gradients, as the engine's step would, without updating anything."""
         self.engine.optimizer.zero_grad(set_to_none=True)
+        if self.stage == 3:  # re-partition what a forward outside the engine left gathered (tied weights)
+            self.engine.optimizer.parameter_offload.get_param_coordinator().release_and_reset_all(
+                self.engine.module
+            )
         if self.stage < 3:  # ZeRO-1/2 keep the reduced partition until their step consumes it
             opt = self.engine.optimizer
             for i in list(opt.averaged_gradients):
