@@ -391,29 +391,34 @@ def causal_lm_collator(features: list[dict[str, torch.Tensor]]) -> dict[str, tor
     return {"input_ids": input_ids, "labels": input_ids.clone()}
 
 
-def argmax_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Keep the predicted token per position instead of (B, T, V) logits during evaluation."""
+def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample: (sum of next-token NLL, correct next tokens, tokens), instead of (B, T, V) logits.
+
+    Perplexity is computed from these sums, not from `Trainer.evaluate`'s `eval_loss`: that one
+    divides by the count of unshifted labels (B*T instead of B*(T-1)) in transformers 5.
+    """
     if isinstance(logits, tuple):
         logits = logits[0]
-    return logits.argmax(dim=-1)
+    logits, target = logits[:, :-1].float(), labels[:, 1:]  # prediction at t scores the token at t+1
+    mask = target != -100
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+    correct = (logits.argmax(-1) == target) & mask
+    return torch.stack([(nll * mask).sum(1), correct.sum(1).float(), mask.sum(1).float()], dim=1)
 
 
-def token_accuracy(eval_pred: Any) -> dict[str, float]:
-    """Fraction of next tokens predicted exactly (prediction at t against the token at t+1)."""
-    preds, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)
-    preds, labels = preds[:, :-1], labels[:, 1:]
-    mask = labels != -100
-    return {"accuracy": float((preds[mask] == labels[mask]).mean())}
+def token_metrics(eval_pred: Any) -> dict[str, float]:
+    """Mean next-token NLL, perplexity = exp(NLL) and token accuracy over all evaluated tokens."""
+    nll, correct, count = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3).sum(0)
+    return {"nll": nll / count, "perplexity": math.exp(min(nll / count, 50.0)), "accuracy": correct / count}
 
 
 def evaluate_with_trainer(trainer: Any, task: Task) -> dict[str, float]:
-    """Loss and accuracy from `Trainer.evaluate` (any world size), perplexity = exp(mean token NLL)."""
-    out = trainer.evaluate(task.eval_dataset, metric_key_prefix="eval")
-    metrics = {k.removeprefix("eval_"): float(v) for k, v in out.items() if k.startswith("eval_")}
-    result = {"loss": metrics["loss"], "perplexity": math.exp(min(metrics["loss"], 50.0))}
-    if "accuracy" in metrics:
-        result["accuracy"] = metrics["accuracy"]
-    return result
+    """The metrics of the Trainer's `compute_metrics` on the task's eval set (any world size)."""
+    prefix = f"eval_{task.name}"
+    out = trainer.evaluate(task.eval_dataset, metric_key_prefix=prefix)
+    skip = {"loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time"}
+    metrics = {k.removeprefix(prefix + "_"): v for k, v in out.items() if k.startswith(prefix + "_")}
+    return {k: float(v) for k, v in metrics.items() if k not in skip}
 
 
 def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> TaskSequence:
@@ -470,10 +475,10 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
     return TaskSequence(
         tasks=tasks,
         model_init=model_init,
-        metrics={"perplexity": False, "accuracy": True, "loss": False},
+        metrics={"perplexity": False, "accuracy": True, "nll": False},
         primary_metric="perplexity",
         processing_class=tokenizer,
-        trainer_kwargs={"compute_metrics": token_accuracy, "preprocess_logits_for_metrics": argmax_logits},
+        trainer_kwargs={"compute_metrics": token_metrics, "preprocess_logits_for_metrics": token_statistics},
     )
 
 

@@ -23,9 +23,6 @@ from dataclasses import asdict, dataclass
 
 Matrix = Sequence[Sequence[float]]
 
-# Direction of the metrics the recipe reports: True when higher is better.
-HIGHER_IS_BETTER = {"accuracy": True, "perplexity": False, "loss": False}
-
 
 @dataclass(frozen=True)
 class ContinualSummary:
