@@ -482,8 +482,15 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
     )
 
 
+def vision_sequence(model_args: Any, data_args: Any, training_args: Any) -> TaskSequence:
+    """The `vision` kind (image classification, one head per task): see `masllm.vision_tasks`."""
+    from .vision_tasks import vision_sequence as build  # imported on use: it imports this module
+
+    return build(model_args, data_args, training_args)
+
+
 KindBuilder = Callable[[Any, Any, Any], TaskSequence]
-TASK_KINDS: dict[str, KindBuilder] = {"causal_lm": causal_lm_sequence}
+TASK_KINDS: dict[str, KindBuilder] = {"causal_lm": causal_lm_sequence, "vision": vision_sequence}
 
 
 __all__ = [

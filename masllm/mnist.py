@@ -112,7 +112,8 @@ def load_idx_dataset(data_dir: str | Path, sha256sums: str | Path | None = None)
     return out
 
 
-def _as_float(images: torch.Tensor, flatten: bool) -> torch.Tensor:
+def to_float(images: torch.Tensor, flatten: bool = True) -> torch.Tensor:
+    """uint8 images (N, 28, 28) -> float32 in [0, 1], (N, 784) or (N, 1, 28, 28)."""
     x = images.float().div_(255.0)  # [0, 1]
     return x.reshape(len(x), -1) if flatten else x.unsqueeze(1)  # (N, 784) or (N, 1, 28, 28)
 
@@ -135,7 +136,7 @@ def split_tasks(
             mask = torch.isin(labels, torch.tensor(group))
             remap = torch.full((10,), -1, dtype=torch.long)
             remap[list(group)] = torch.arange(len(group))
-            parts[split] = (_as_float(data[f"{split}_images"][mask], flatten), remap[labels[mask]])
+            parts[split] = (to_float(data[f"{split}_images"][mask], flatten), remap[labels[mask]])
         label = "-".join(map(str, group))
         tasks.append(TaskData(f"{name}:{label}", *parts["train"], *parts["test"], len(group), t))
     return tasks
@@ -165,8 +166,8 @@ def permuted_tasks(
     """
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-    train = _as_float(data["train_images"], True)
-    test = _as_float(data["test_images"], True)
+    train = to_float(data["train_images"], True)
+    test = to_float(data["test_images"], True)
     ytr, yte = data["train_labels"].long(), data["test_labels"].long()
     return [
         TaskData(f"{name}:{t}", train[:, p], ytr, test[:, p], yte, 10, t if multi_head else 0)

@@ -155,7 +155,6 @@ class MultiHeadClassifier(nn.Module):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         task_ids: torch.Tensor | int | None = None,
-        **kwargs: Any,
     ) -> ImageClassifierOutput:
         if not len(self.heads):
             raise ValueError("The model has no head yet: call add_head(num_classes) first")
