@@ -428,6 +428,7 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
     and `data_args.domains`, `block_size`, `cache_dir`, `document_seed`, `tokenizer_chars_per_domain`.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     domains = [DomainConfig.from_dict(d) for d in data_args.domains]
     cache_dir = Path(data_args.cache_dir)
@@ -458,8 +459,11 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
         config = dict(model_args.model_config)
         config.setdefault("vocab_size", len(tokenizer))
         config.update(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        config = AutoConfig.for_model(**config)
         torch.manual_seed(training_args.seed)
-        return AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+        # The class itself, not `from_config`: under ZeRO-3 that initialises inside zero.Init, whose
+        # partitioned random init differs from one process's (the engine partitions the model later).
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
 
     tasks = [
         Task(

@@ -197,33 +197,32 @@ def run_sequence(
             rows.append(json.loads((step_dir / ROW_FILE).read_text()))
             previous = step_dir
             continue
-        # A finished training (this task's, or task 0's of another method) is loaded, not rerun.
-        checkpoint = _resume_point(step_dir, k, shared_first)
-        finished = checkpoint is not None and _training_finished(checkpoint)
-        source = Path(checkpoint) if finished else previous
-        model = seq.model_init(str(source) if source else None)
-        omega = _load_omega(source, model, mas_config)
+        model = seq.model_init(str(previous) if previous else None)
+        omega = _load_omega(previous, model, mas_config)
 
-        # 1. Learn task k under the penalty of tasks < k (Eq. 3).
-        args = _step_args(base_args, step_dir, task)
+        # 1. Learn task k under the penalty of tasks < k (Eq. 3); continue from a checkpoint if any
+        #    (this task's, or for task 0 another method's: no penalty yet, the same training).
+        checkpoint = _resume_point(step_dir, k, shared_first)
+        step_callbacks = list(callbacks or [])
+        if checkpoint is not None and _training_finished(checkpoint):
+            step_callbacks.append(NoUpdate())
         trainer = MASTrainer(
             model=model,
-            args=args,
+            args=_step_args(base_args, step_dir, task),
             train_dataset=task.train_dataset,
             data_collator=task.data_collator,
             processing_class=seq.processing_class,
-            callbacks=callbacks,
+            callbacks=step_callbacks,
             mas_config=mas_config,
             omega=omega,
             **seq.trainer_kwargs,
         )
-        if not finished:
-            trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.train(resume_from_checkpoint=checkpoint)
 
         # 2. Omega_k on the task's unlabeled data (Eq. 2), accumulated (Sec. 4.2); theta* <- theta.
         if mas_config is not None:
             new = compute_importance(
-                trainer.model,
+                trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model,  # ZeRO: the engine
                 task.importance_dataset,
                 mas_config,
                 task_name=task.name,
@@ -245,11 +244,11 @@ def run_sequence(
     return rows
 
 
-def _load_omega(source: Path | None, model: torch.nn.Module, mas_config: MASConfig | None) -> Omega | None:
-    """Omega of tasks < k saved in `source` (None: finetune, or nothing to protect yet)."""
-    if mas_config is None or source is None or not (source / CONFIG_NAME).is_file():
+def _load_omega(previous: Path | None, model: torch.nn.Module, mas_config: MASConfig | None) -> Omega | None:
+    """Omega of tasks < k from the previous task's checkpoint (None: finetune, or task 0)."""
+    if mas_config is None or previous is None or not (previous / CONFIG_NAME).is_file():
         return None
-    omega = Omega.from_pretrained(source, model=model)
+    omega = Omega.from_pretrained(previous, model=model)
     omega.config = mas_config  # this run's merge rule and lambda, whatever was saved
     return omega
 
@@ -274,8 +273,18 @@ def _resume_point(step_dir: Path, k: int, shared_first: Path | None) -> str | No
     return None
 
 
+class NoUpdate(TrainerCallback):
+    """Resuming a checkpoint that ended its training, the Trainer still runs one more step (unless
+    at an epoch boundary); with learning rate 0 that step changes no weight (SGD, Adam, AdamW).
+    Going through `train()` anyway builds what the importance pass needs (the DeepSpeed engine)."""
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        for group in optimizer.param_groups:
+            group["lr"] = 0.0
+
+
 def _training_finished(checkpoint: str) -> bool:
-    """True when the checkpoint is the end of its training (resuming it would run one step more)."""
+    """True when the checkpoint is the end of its training."""
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
     return state["global_step"] >= state["max_steps"]
 

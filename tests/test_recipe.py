@@ -158,9 +158,9 @@ def _launch(config: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("config", ["accelerate_configs/cpu_ddp.yaml"])
+@pytest.mark.parametrize("config", ["accelerate_configs/cpu_ddp.yaml", "accelerate_configs/cpu_zero3.yaml"])
 def test_two_processes_match_one(uninterrupted, tmp_path, config):
-    """2 ranks x 4 samples = the single process's batch of 8: the same report."""
+    """2 ranks x 4 samples = the single process's batch of 8: the same report (DDP and ZeRO-3)."""
     _, expected = uninterrupted
     result = _launch(config, tmp_path, "--per_device_train_batch_size", "4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
