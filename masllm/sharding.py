@@ -179,6 +179,13 @@ def all_reduce_sum(values: list[float] | torch.Tensor) -> torch.Tensor:
     return t.cpu()
 
 
+def all_reduce_(tensors: list[torch.Tensor]) -> None:
+    """Sum each tensor over ranks, in place (full replicas under DDP)."""
+    if world()[1] > 1:
+        for t in tensors:
+            dist.all_reduce(t)
+
+
 def all_reduce_max(value: int) -> int:
     """Max over ranks: how many more micro-batches anyone still has (keeps collectives in step)."""
     if world()[1] == 1:

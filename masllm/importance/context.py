@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,12 +38,12 @@ class ImportanceContext:
     progress: Callable[[int], None] = lambda n: None
     backward: Callable[[torch.Tensor], None] = field(default=lambda loss: loss.backward())
     local: LocalShards | None = None  # under ZeRO: the rank's slices (see importance.distributed)
-    engine_grads: Callable[[], dict[str, torch.Tensor]] | None = None  # under ZeRO: the accumulated slices
+    engine: Any = None  # under ZeRO: sums the reduced slices of each backward (`read`, `reset`)
 
     def read_grads(self) -> dict[str, torch.Tensor]:
         """Accumulated gradients (zeros for parameters no sample reached); under ZeRO, local slices."""
-        if self.engine_grads is not None:
-            return self.engine_grads()
+        if self.engine is not None:
+            return self.engine.read()
         return {
             n: (
                 p.grad.detach().float().clone()
@@ -53,8 +54,8 @@ class ImportanceContext:
         }
 
     def zero_grads(self) -> None:
-        if self.local is not None:
-            self.local.zero_grads()
+        if self.engine is not None:
+            self.engine.reset()
             return
         for p in self.params.values():
             p.grad = None

@@ -71,6 +71,9 @@ class Lockstep:
             yield batch
 
 
+NO_ENGINE_BACKWARD = ("lmas", "l2")  # forward hooks / counts only: their sums are not reduced slices
+
+
 class EngineAccumulator:
     """The estimator's backward through a DeepSpeed engine, summing each micro-batch's local slices.
 
@@ -94,6 +97,11 @@ class EngineAccumulator:
             torch._foreach_add_(list(self.sums.values()), list(grads.values()))
         self.local.zero_grads()
 
+    def reset(self) -> None:
+        """Start the sums afresh (an estimator's `ctx.zero_grads()`)."""
+        self.sums = None
+        self.local.zero_grads()
+
     def read(self) -> dict[str, torch.Tensor]:
         if self.sums is None:  # no backward ran (e.g. the uniform estimator)
             return {n: torch.zeros(s.numel) for n, s in self.local.shards.items()}
@@ -102,9 +110,14 @@ class EngineAccumulator:
 
 def use_engine(ctx: ImportanceContext, engine: Any, lockstep: Lockstep) -> None:
     """Route the estimator's backward and gradient reads through the DeepSpeed engine."""
+    if ctx.config.method in NO_ENGINE_BACKWARD:
+        raise ValueError(
+            f"method={ctx.config.method!r} builds its sums outside backward passes and does not support "
+            "DeepSpeed ZeRO yet; use it under DDP or one process"
+        )
     ctx.local = sharding.LocalShards(engine, ctx.params)
-    accumulator = EngineAccumulator(engine, ctx.local, lockstep)
-    ctx.backward, ctx.engine_grads = accumulator, accumulator.read
+    ctx.engine = EngineAccumulator(engine, ctx.local, lockstep)
+    ctx.backward = ctx.engine
 
 
 def combine(result: ImportanceSums, engine: Any, lockstep: Lockstep | None) -> ImportanceSums:
@@ -113,13 +126,5 @@ def combine(result: ImportanceSums, engine: Any, lockstep: Lockstep | None) -> I
         n = sharding.all_reduce_sum([lockstep.num_samples, lockstep.num_batches])
         return ImportanceSums(result.sums, int(n[0]), int(n[1]))
     n = sharding.all_reduce_sum([result.num_samples, result.num_batches])
-    names = list(result.sums)
-    if names:
-        flat = torch.cat([result.sums[k].reshape(-1) for k in names]).double()
-        flat = sharding.all_reduce_sum(flat)
-        offset = 0
-        for k in names:
-            t = result.sums[k]
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+    sharding.all_reduce_(list(result.sums.values()))  # in place: no second copy of Omega
     return ImportanceSums(result.sums, int(n[0]), int(n[1]))

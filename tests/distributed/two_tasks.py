@@ -6,7 +6,7 @@ Usage:
         tests/distributed/two_tasks.py --out /tmp/z3 --resume-check --load-check /tmp/single/omega
 
 Task A (4 optimizer steps, 2 micro-batches each) -> Omega_A (Eq. 2 on A's unlabeled inputs) ->
-task B under the penalty (Eq. 3, lambda = 1, gradient clipping on) -> Omega_B merged. The global
+task B under the penalty (Eq. 3, lambda = 50, SGD, gradient clipping at 0.5) -> Omega_B merged. The global
 batch is the same at every world size, so every configuration must end with the same numbers.
 Rank 0 writes to --out: `omega/` (consolidated checkpoint), `weights.safetensors` (full final
 weights), `omega_a/` (Omega after task A), `losses.json`; every rank writes `rank{r}.json` (its
@@ -14,7 +14,8 @@ local element counts) and `rank{r}.safetensors` (its raw slices and their offset
 With --resume-check: task B is resumed from its step-2 checkpoint in a fresh Trainer with an empty
 Omega; Omega, theta*, losses and weights must come back as in the uninterrupted run (rank 0 writes
 `resume.json`). With --load-check DIR: an Omega saved elsewhere (any world size) is loaded into
-this run's shards and compared with the file's tensors (`load.json`).
+this run's shards and compared with the file's tensors (`load.json`). With --lora the model is a
+frozen base with LoRA adapters (only they have fp32 master slices, Omega and theta*).
 """
 
 from __future__ import annotations
@@ -118,12 +119,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume-check", action="store_true")
     parser.add_argument("--load-check", type=Path)
+    parser.add_argument("--lora", action="store_true", help="frozen base + LoRA adapters (peft)")
     cli = parser.parse_args()
     out = cli.out
     rank, ws = world()
     out.mkdir(parents=True, exist_ok=True)
     cfg = MASConfig(reg_lambda=50.0, importance_batch_size=3)
     model = tiny_gpt2(vocab=50)
+    if cli.lora:  # only the adapters train: they alone have fp32 master slices, Omega and theta*
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True)
+        model = get_peft_model(model, lora)
     data_a, data_b = task_data(0, 1), task_data(25, 2)
 
     def unlabeled(d: list[dict]) -> Dataset:  # a map-style dataset: compute_importance splits it by rank
@@ -148,6 +155,10 @@ def main() -> None:
     local["omega_bytes"] = sum(t.numel() * t.element_size() for t in omega.importance.values())
     local["anchors_bytes"] = sum(t.numel() * t.element_size() for t in omega.anchors.values())
     local["model_numel"] = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+    local["trainable_numel"] = sum(
+        int(getattr(p, "ds_numel", p.numel())) for p in model.parameters() if p.requires_grad
+    )
+    local["omega_names"] = sorted(omega.importance)
     local["world_size"], local["sharded"] = ws, omega.is_sharded
     (out / f"rank{rank}.json").write_text(json.dumps(local))
     raw = {f"omega/{n}": t.contiguous() for n, t in omega.importance.items()}

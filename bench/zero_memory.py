@@ -1,0 +1,176 @@
+"""MAS state per rank under DeepSpeed ZeRO-3, and the cost of the sharded penalty, in one run.
+
+Usage:
+    OMP_NUM_THREADS=1 python bench/zero_memory.py [--steps 10] [--batch 4] [--seq 64]
+
+Relaunches itself as 2 CPU ranks (`accelerate launch --config_file accelerate_configs/cpu_zero3.yaml`,
+every parameter partitioned) on the ~25M-parameter GPT-2 of bench/common.py and reports:
+- bytes of Omega + theta* held by each rank (measured on the tensors it holds) against the 8 P bytes
+  every rank holds when they are replicated (DDP, or libraries that keep full copies), in fp32 and
+  with `storage_dtype="bfloat16"`;
+- the median time of a training step with the MAS penalty added on the rank's slices inside the
+  ZeRO step, against a plain ZeRO-3 step, measured interleaved in the same Trainer run (odd steps
+  with lambda = 0, even steps with lambda = 1; with lambda = 0 the step is DeepSpeed's own, the
+  only extra being one Python call), so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import TrainerCallback, TrainingArguments
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import gpt2_25m  # noqa: E402
+
+from masllm import MASConfig, MASTrainer, Omega, compute_importance  # noqa: E402
+from masllm.sharding import world  # noqa: E402
+
+RESULT = ROOT / "bench" / "results" / "zero_memory.json"
+
+
+class Tokens(Dataset):
+    def __init__(self, n: int, seq: int, vocab: int, labels: bool = True):
+        self.ids = torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(0))
+        self.labels = labels
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], **({"labels": self.ids[i]} if self.labels else {})}
+
+
+class Interleave(TrainerCallback):
+    """Odd steps plain (lambda = 0), even steps MAS (lambda = 1); wall time of each step."""
+
+    def __init__(self, trainer: MASTrainer) -> None:
+        self.trainer, self.times = trainer, {"plain ZeRO-3 step": [], "MAS ZeRO-3 step": []}
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.kind = "MAS ZeRO-3 step" if state.global_step % 2 else "plain ZeRO-3 step"
+        self.trainer.mas_config.reg_lambda = 1.0 if self.kind.startswith("MAS") else 0.0
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times[self.kind].append(time.perf_counter() - self.t0)
+
+
+def args_for(out: str, steps: int, batch: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=1e-4,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,  # CPU ranks over gloo (DESIGN.md)
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
+
+
+def measure(cli: argparse.Namespace) -> None:
+    model = gpt2_25m()
+    vocab = model.config.vocab_size
+    cfg = MASConfig(reg_lambda=1.0, importance_batch_size=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        first = MASTrainer(model, args_for(tmp, 1, cli.batch), train_dataset=Tokens(64, cli.seq, vocab))
+        first.train()  # builds the engine: importance needs its reduced gradient slices
+        omega = Omega(config=cfg).merge(
+            compute_importance(
+                first.model_wrapped, Tokens(8, cli.seq, vocab, labels=False), cfg, task_name="t1"
+            )
+        )
+        rank, ws = world()
+        held = {
+            k: sum(t.numel() * t.element_size() for t in d.values())
+            for k, d in (("omega", omega.importance), ("anchors", omega.anchors))
+        }
+        P = sum(s.full_numel for s in omega.shards.values())
+        bf16 = 2 * sum(t.numel() for t in omega.importance.values()) * torch.bfloat16.itemsize
+        trainer = MASTrainer(
+            model,
+            args_for(tmp, 2 * cli.steps + 2, cli.batch),
+            train_dataset=Tokens(256, cli.seq, vocab),
+            omega=omega,
+        )
+        timer = Interleave(trainer)
+        trainer.add_callback(timer)
+        trainer.train()
+    times = {k: v[1:] for k, v in timer.times.items()}  # the first of each kind warms up
+    report = {
+        "rank": rank,
+        "world_size": ws,
+        "P": P,
+        "omega_bytes": held["omega"],
+        "anchors_bytes": held["anchors"],
+        "replicated_bytes_fp32": 8 * P,
+        "sharded_bytes_bf16": bf16,
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "steps_timed": {k: len(v) for k, v in times.items()},
+    }
+    reports = [None] * ws
+    torch.distributed.all_gather_object(reports, report)
+    if rank == 0:
+        RESULT.parent.mkdir(exist_ok=True)
+        RESULT.write_text(json.dumps({"args": vars(cli), "ranks": reports}, indent=2) + "\n")
+        print_report(reports)
+
+
+def print_report(reports: list[dict]) -> None:
+    P = reports[0]["P"]
+    print(f"\nMAS state per rank, GPT-2 {P / 1e6:.1f}M parameters, ZeRO-3, {len(reports)} CPU ranks")
+    print(
+        f"{'rank':<6}{'Omega+theta* bytes':>20}{'x 8P/N':>9}{'replicated 8P':>16}{'ratio':>8}{'bf16 storage':>15}"
+    )
+    for r in reports:
+        held = r["omega_bytes"] + r["anchors_bytes"]
+        ideal = 8 * P / r["world_size"]
+        print(
+            f"{r['rank']:<6}{held:>20,}{held / ideal:>9.3f}{r['replicated_bytes_fp32']:>16,}"
+            f"{held / r['replicated_bytes_fp32']:>8.3f}{r['sharded_bytes_bf16']:>15,}"
+        )
+    m = reports[0]["median_s"]
+    plain, mas = m["plain ZeRO-3 step"], m["MAS ZeRO-3 step"]
+    n = reports[0]["steps_timed"]
+    print(
+        f"\nstep time (rank 0, median of {n['plain ZeRO-3 step']} / {n['MAS ZeRO-3 step']} interleaved steps)"
+    )
+    print(f"plain ZeRO-3 step {plain:.4f} s   MAS ZeRO-3 step {mas:.4f} s   ratio {mas / plain:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=64)
+    cli = parser.parse_args()
+    if "WORLD_SIZE" in os.environ:
+        measure(cli)
+        return
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "accelerate_configs/cpu_zero3.yaml",
+    ]
+    cmd += [__file__, "--steps", str(cli.steps), "--batch", str(cli.batch), "--seq", str(cli.seq)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
+    sys.exit(subprocess.call(cmd, cwd=ROOT, env=env))
+
+
+if __name__ == "__main__":
+    main()
