@@ -63,10 +63,10 @@ def build_report(
     for run in runs:
         entry: dict[str, Any] = {"method": run.method, "reg_lambda": run.reg_lambda, "R": {}, "summary": {}}
         for metric, higher in metrics.items():
-            if not all(metric in cell for row in run.rows for cell in row.values()):
+            if not _has(run, metric):
                 continue
             R = matrix(run.rows, tasks, metric)
-            reference = diagonal(matrix(baseline.rows, tasks, metric)) if baseline else None
+            reference = diagonal(matrix(baseline.rows, tasks, metric)) if _has(baseline, metric) else None
             entry["R"][metric] = R
             entry["summary"][metric] = summarize(R, higher, reference).to_dict()
         report["runs"][run.name] = entry
@@ -75,6 +75,10 @@ def build_report(
             r.name: compare(report, r.name, baseline.name) for r in runs if r is not baseline
         }
     return report
+
+
+def _has(run: RunResult | None, metric: str) -> bool:
+    return run is not None and all(metric in cell for row in run.rows for cell in row.values())
 
 
 def compare(report: dict[str, Any], name: str, baseline: str) -> dict[str, float | None]:
