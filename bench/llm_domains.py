@@ -5,15 +5,15 @@ Usage:
                                 [--steps N] [--first_steps N] [recipe flags ...]
 
 The recipe's procedure (recipes/sequential.py) at a larger size than the demo: a GPT-2 built from
-config (3 layers, hidden 128, a 4096-token BPE tokenizer trained here) learns Shakespeare
+config (3 layers, hidden 128, a 2048-token BPE tokenizer trained here) learns Shakespeare
 (tinyshakespeare), then Jane Austen (Pride and Prejudice, ../shared/data/text), then Python's
 standard library source code, then the license texts of the installed packages. It prints the
 perplexity matrix R[i][j] and the forgetting of every method, then checks the issue's target:
 MAS cuts forgetting (mean perplexity increase on earlier domains) by >= 50% vs fine-tuning while
 its perplexity on each new domain stays within 5% of fine-tuning's.
 
-lambda differs per method because Omega's scale does: MAS's Omega sums |d ||logits||^2 / d theta|
-over every token and vocabulary entry, L2's is 1 everywhere. Any estimator of
+lambda differs per method because Omega's scale does: MAS's Omega (F = the last hidden states,
+as in the demo) averages |d ||F||^2 / d theta| over samples, summed over tokens; L2's is 1 everywhere. Any estimator of
 masllm.importance.ESTIMATORS can be added to --methods (with its own `=lambda`).
 """
 
@@ -31,7 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Path(os.environ.get("MASLLM_TEXT_DATA", ROOT.parent / "shared" / "data" / "text"))
-DEFAULT_METHODS = "finetune,l2=0.01,mas=0.0001"
+DEFAULT_METHODS = "finetune,l2=0.01,mas=0.01"
 
 
 def bench_config(output_dir: str, methods: str, steps: int, first_steps: int) -> dict:
@@ -40,7 +40,7 @@ def bench_config(output_dir: str, methods: str, steps: int, first_steps: int) ->
     return {
         "output_dir": output_dir,
         "model_config": {"model_type": "gpt2", "n_embd": 128, "n_layer": 3, "n_head": 4, "n_positions": 128},
-        "vocab_size": 4096,
+        "vocab_size": 2048,
         "tokenizer_chars_per_domain": 500_000,
         "block_size": 128,
         "domains": [
@@ -55,6 +55,7 @@ def bench_config(output_dir: str, methods: str, steps: int, first_steps: int) ->
             {"name": "licenses", "source": "builtin:package_licenses", **limits},
         ],  # fmt: skip
         "compare": methods,
+        "output": "hidden_states",  # as in the demo: see recipes/configs/demo.yaml
         "max_steps": steps,
         "per_device_train_batch_size": 16,
         "per_device_eval_batch_size": 32,
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default=str(Path(tempfile.gettempdir()) / "masllm-bench-llm-domains"))
     parser.add_argument("--methods", default=DEFAULT_METHODS)
-    parser.add_argument("--steps", type=int, default=100, help="Training steps per later domain.")
-    parser.add_argument("--first_steps", type=int, default=400, help="Training steps on the first domain.")
+    parser.add_argument("--steps", type=int, default=60, help="Training steps per later domain.")
+    parser.add_argument("--first_steps", type=int, default=300, help="Training steps on the first domain.")
     args, recipe_flags = parser.parse_known_args(argv)
     config = bench_config(args.output_dir, args.methods, args.steps, args.first_steps)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)

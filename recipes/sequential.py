@@ -119,8 +119,13 @@ class ContinualArguments(MASConfig):
             method, _, value = spec.partition("=")
             if method not in methods():
                 raise ValueError(f"Unknown method {method!r}; known methods are {methods()}")
-            out.append((method, float(value) if value else None))
-        if len({self._name(m, v) for m, v in out}) != len(out):
+            try:
+                out.append((method, float(value) if value else None))
+            except ValueError:
+                raise ValueError(
+                    f"compare entry {spec!r}: the part after '=' must be a number (lambda)"
+                ) from None
+        if len({self.run_name(m, v) for m, v in out}) != len(out):
             raise ValueError(f"compare lists a run twice: {self.compare!r}")
         return out
 
@@ -134,7 +139,7 @@ class ContinualArguments(MASConfig):
         return None if method == FINETUNE else config
 
     @staticmethod
-    def _name(method: str, reg_lambda: float | None) -> str:
+    def run_name(method: str, reg_lambda: float | None) -> str:
         return method if reg_lambda is None else f"{method}-lambda{reg_lambda:g}"
 
 
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     output_dir = Path(training_args.output_dir)
     results, omegas, first_dir = [], {}, None
     for method, reg_lambda in cl_args.runs():
-        name = cl_args._name(method, reg_lambda)
+        name = cl_args.run_name(method, reg_lambda)
         mas_config = cl_args.mas_config(method, reg_lambda)
         run_dir = output_dir / name
         rows = run_sequence(seq, mas_config, training_args, run_dir, first_dir, callbacks)
