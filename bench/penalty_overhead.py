@@ -62,6 +62,7 @@ def make_stepper(trainer: Trainer):
     """One full optimizer step exactly as Trainer's inner loop does it."""
     trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
     trainer.accelerator.gradient_state._set_sync_gradients(True)
+    trainer.current_gradient_accumulation_steps = 1
     model, batch = trainer.model, next(iter(trainer.get_train_dataloader()))
 
     def step():
