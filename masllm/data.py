@@ -126,6 +126,10 @@ class DomainConfig:
                 raise ValueError(f"Domain {self.name!r}: {f} must be in [0, 1), got {getattr(self, f)}")
         if self.eval_split is None and self.eval_fraction == 0:
             raise ValueError(f"Domain {self.name!r} needs an eval_split or eval_fraction > 0")
+        if self.streaming and self.max_chars is None:
+            raise ValueError(
+                f"Domain {self.name!r}: streaming needs max_chars (how much of the stream to read)"
+            )
         if self.importance == "heldout" and self.heldout_fraction == 0:
             raise ValueError(f"Domain {self.name!r}: importance='heldout' needs heldout_fraction > 0")
 

@@ -204,16 +204,19 @@ def _plot_forgetting(report: dict[str, Any], metric: str, path: Path) -> Path:
     maps = {n: forgetting_map(r["R"][metric], report["metrics"][metric]) for n, r in runs.items()}
     finite = [v for m in maps.values() for row in m for v in row if not math.isnan(v)]
     vmax = max([abs(v) for v in finite] + [1e-12])
-    fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps) + 1, 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(maps), figsize=(3.4 * len(maps) + 1, 3.2), squeeze=False, layout="constrained"
+    )
     for ax, (name, F) in zip(axes[0], maps.items()):
         im = ax.imshow(F, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-        ax.set(title=name, xlabel="evaluated on", ylabel="after training on")
+        ax.set(title=name, xlabel="evaluated on")
         ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
         ax.set_yticks(range(len(tasks)), tasks)
         for i, row in enumerate(F):
             for j, v in enumerate(row):
                 if not math.isnan(v):
-                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7)
+                    ax.text(j, i, f"{v + 0.0:.3g}", ha="center", va="center", fontsize=7)  # no "-0"
+    axes[0][0].set_ylabel("after training on")
     fig.colorbar(im, ax=axes[0].tolist(), label=f"forgetting ({metric})")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -244,14 +247,16 @@ def _plot_omega(omega: Mapping[str, torch.Tensor], name: str, path: Path) -> Pat
     groups: dict[str, list[torch.Tensor]] = {}
     for param, values in omega.items():
         groups.setdefault(layer_type(param), []).append(values.detach().float().flatten().cpu())
-    fig, axes = plt.subplots(1, len(groups), figsize=(2.8 * len(groups), 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 2.8), squeeze=False)
     for ax, (kind, tensors) in zip(axes[0], sorted(groups.items())):
         values = torch.cat(tensors)
-        logs = torch.log10(values[values > 0]).numpy()
-        ax.hist(logs, bins=50, color="tab:blue")
-        ax.set(title=f"{kind} ({values.numel()} params)", xlabel="log10 Omega")
+        positive = values[values > 0]
+        ax.hist(torch.log10(positive).numpy(), bins=50, color="tab:blue")
+        zero = 1 - positive.numel() / max(values.numel(), 1)
+        ax.set_title(f"{kind}: {values.numel()} params, {zero:.0%} zero", fontsize=9)
+        ax.set_xlabel("log10 Omega")
     axes[0][0].set_ylabel("count")
-    fig.suptitle(f"Omega per layer type ({name})")
+    fig.suptitle(f"Omega per layer type ({name})", y=1.04)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -89,6 +89,7 @@ def test_tokenizer_round_trip(tmp_path, tokenizer):
         ({"eval_fraction": 1.5}, "eval_fraction"),
         ({"eval_fraction": 0.0}, "eval_split"),
         ({"importance": "heldout", "heldout_fraction": 0.0}, "heldout_fraction"),
+        ({"streaming": True}, "max_chars"),
     ],
 )
 def test_bad_domains_raise(fields, message):
