@@ -11,9 +11,9 @@ from torch import nn
 def sample_output_norm(model: nn.Module, x, norm: str = "l2_squared") -> torch.Tensor:
     """||F(x)||^2 for ONE sample: logits at non-padding positions (written out, not masllm's code)."""
     if isinstance(x, Mapping):
-        out = model(**x).logits  # (1, T, V)
-        keep = x["attention_mask"][0].bool()
-        F = out[0][keep]
+        out = model(**x).logits  # (1, T, V) for a causal LM, (1, C) for a classifier
+        mask = x.get("attention_mask")
+        F = out[0][mask[0].bool()] if out.dim() == 3 and mask is not None else out
     else:
         F = model(x)
     if norm == "l1":

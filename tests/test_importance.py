@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
-from conftest import padded_lm_batch, tiny_convnet, tiny_gpt2, tiny_mlp
+from conftest import (
+    padded_lm_batch,
+    tiny_bert_classifier,
+    tiny_convnet,
+    tiny_gpt2,
+    tiny_mlp,
+    tiny_vit_classifier,
+)
 from reference import brute_force_omega, per_sample_grads, split_samples
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,7 +27,7 @@ def assert_close(omega, ref, rtol=1e-4):
 
 
 def lm_batches(batch, size):
-    n = batch["input_ids"].shape[0]
+    n = next(iter(batch.values())).shape[0]
     return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
 
 
@@ -26,6 +35,13 @@ CASES = {
     "mlp": (tiny_mlp, lambda: torch.randn(7, 6, generator=torch.Generator().manual_seed(0))),
     "gpt2_padded": (tiny_gpt2, padded_lm_batch),
     "convnet": (tiny_convnet, lambda: torch.randn(5, 1, 7, 7, generator=torch.Generator().manual_seed(0))),
+    # HF sequence classifier: padded batch, broadcast position ids, token-type embeddings
+    "bert_classifier": (tiny_bert_classifier, lambda: padded_lm_batch(n=5, length=9, vocab=40)),
+    # HF image classifier: Conv2d patches and ViTEmbeddings' own cls_token / position_embeddings (torch.func path)
+    "vit_classifier": (
+        tiny_vit_classifier,
+        lambda: {"pixel_values": torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))},
+    ),
 }
 
 
@@ -35,24 +51,11 @@ def test_exact_omega_equals_per_sample_loop(case):
     model, data = make_model(), make_data()
     ref = brute_force_omega(model, split_samples(data))
     batches = lm_batches(data, 4) if isinstance(data, dict) else list(data.split(3))
-    with pytest.warns(None) if False else _no_fallback():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the batched path must be used: no fallback
         omega = compute_importance(model, batches, MASConfig(), show_progress=False)
     assert_close(omega, ref)
     assert omega.tasks == [{"name": "task", "num_samples": len(split_samples(data)), "method": "mas"}]
-
-
-class _no_fallback:
-    """The batched path must be used: a fallback warning means it was not."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("error", UserWarning)
-
-    def __exit__(self, *a):
-        self._w.__exit__(*a)
 
 
 def test_untied_gpt2_and_hidden_state_output():

@@ -127,20 +127,33 @@ FAST_PATHS: dict[type, Callable[..., dict[str, Any]]] = {
 }
 
 
-def _generic(module: nn.Module, args: tuple, names: list[str], g: torch.Tensor) -> dict[str, Any]:
+def _generic(
+    module: nn.Module, args: tuple, kwargs: dict, names: list[str], g: torch.Tensor
+) -> dict[str, Any]:
     """Per-sample gradients of `module`'s own parameters by vmap over a vjp through its forward."""
     B = g.shape[0]
     batched = [isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == B for a in args]
     params = {n: getattr(module, n).detach() for n in names}
+    # every other tensor of the module (children's parameters too) enters as a constant: a real
+    # leaf in the replay would get the inner backward's gradient accumulated into it
+    rest = {
+        n: t.detach() for n, t in (*module.named_parameters(), *module.named_buffers()) if n not in params
+    }
 
     def one(sample_args: tuple, g_k: torch.Tensor) -> dict[str, torch.Tensor]:
         args_k = tuple(a.unsqueeze(0) if b else a for a, b in zip(sample_args, batched))
-        _, vjp_fn = torch.func.vjp(lambda p: torch.func.functional_call(module, p, args_k), params)
+        call = lambda p: torch.func.functional_call(module, {**rest, **p}, args_k, kwargs)  # noqa: E731
+        _, vjp_fn = torch.func.vjp(call, params)
         return vjp_fn(g_k.unsqueeze(0).to(g.dtype))[0]
 
     in_dims = (tuple(0 if b else None for b in batched), 0)
-    grads = torch.func.vmap(one, in_dims=in_dims)(tuple(args), g)
-    return {n: _Dense(t) for n, t in grads.items()}
+    # a clone: the inner backward may accumulate into its incoming gradient in place, and `g` is
+    # still the outer backward's gradient of this module's output
+    detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    grads = torch.func.vmap(one, in_dims=in_dims)(detached, g.clone())
+    # clones: a vjp may return one parameter's gradient as a view of another's (ViT's cls_token is
+    # a slice of what position_embeddings gets), and the reduction consumes them in place
+    return {n: _Dense(t.clone()) for n, t in grads.items()}
 
 
 def _fast_path(module: nn.Module) -> Callable[..., dict[str, Any]] | None:
@@ -169,6 +182,7 @@ class PerSampleAbsGrad:
         self.names = {id(p): n for n, p in params.items()}
         self.params = {id(p): p for p in params.values()}
         self.batch_size = 0
+        self._replaying = False
         self._handles: list[Any] = []
         self._reset()
         for module in model.modules():
@@ -208,13 +222,18 @@ class PerSampleAbsGrad:
         """Position ids of shape (1, T) are broadcast over the batch after lookup; expanding them to
         (B, T) first changes no value but gives each sample its own rows of the output."""
         ids = args[0] if args else None
-        if isinstance(ids, torch.Tensor) and ids.dim() > 1 and ids.shape[0] == 1 < self.batch_size:
+        if (
+            not self._replaying
+            and isinstance(ids, torch.Tensor)
+            and ids.dim() > 1
+            and ids.shape[0] == 1 < self.batch_size
+        ):
             return (ids.expand(self.batch_size, *ids.shape[1:]), *args[1:])
         return None
 
     # forward: remember each call's input, count the uses of each parameter
     def _on_forward(self, own: list[str], module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or self._replaying:  # not while _generic re-runs a module
             return
         ids = [id(getattr(module, n)) for n in own]
         B = self.batch_size
@@ -235,13 +254,22 @@ class PerSampleAbsGrad:
             return
         for i in ids:
             self.uses[i] = self.uses.get(i, 0) + 1
-        output.register_hook(partial(self._on_output_grad, module, own, args))
+        output.register_hook(partial(self._on_output_grad, module, own, args, kwargs))
 
     # backward, at the layer's output: form the per-sample gradients of its parameters
-    def _on_output_grad(self, module: nn.Module, own: list[str], args: tuple, g: torch.Tensor) -> None:
+    def _on_output_grad(
+        self, module: nn.Module, own: list[str], args: tuple, kwargs: dict, g: torch.Tensor
+    ) -> None:
         fast = _fast_path(module)
         with torch.no_grad():
-            per_sample = fast(module, args[0], g) if fast else _generic(module, args, own, g)
+            if fast:
+                per_sample = fast(module, args[0], g)
+            else:
+                self._replaying = True  # the module's children must not count this re-run as a use
+                try:
+                    per_sample = _generic(module, args, kwargs, own, g)
+                finally:
+                    self._replaying = False
             for n in own:
                 self._collect(id(getattr(module, n)), per_sample[n])
 
