@@ -102,9 +102,9 @@ class LocalShards:
     def _shard(self, p: nn.Parameter) -> Shard:
         shape = full_shape(p)
         if self.stage == 3:
-            ps = int(p.ds_tensor.ds_numel)
-            start = self.rank * ps
-            return Shard(start, max(0, min(ps, int(p.ds_numel) - start)), shape)
+            ps, numel = int(p.ds_tensor.ds_numel), int(p.ds_numel)
+            start = min(self.rank * ps, numel)  # a tiny tensor may leave the last ranks nothing but padding
+            return Shard(start, max(0, min(ps, numel - start)), shape)
         m = getattr(p, "_hp_mapping", None)
         if m is None:
             return Shard(0, 0, shape)
