@@ -133,6 +133,17 @@ def test_resume_gives_the_same_report(uninterrupted, tmp_path):
     assert state["global_step"] == 6
 
 
+def test_model_from_a_local_path(uninterrupted, tmp_path):
+    """`model_name_or_path` (and its tokenizer): with learning rate 0 every row is that model's."""
+    out, expected = uninterrupted
+    report = recipe.main(
+        _argv(tmp_path, "--model_name_or_path", str(out / "mas" / "0-docs"), "--method", "finetune",
+              "--learning_rate", "0", "--max_steps", "2", "--plots", "false")
+    )  # fmt: skip
+    R = _R(report, "finetune")
+    torch.testing.assert_close(R, _R(expected, "mas")[0].expand_as(R), rtol=1e-5, atol=0)
+
+
 def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError, match="Unknown method"):
         recipe.parse_args(_argv(tmp_path, "--compare", "finetune,nope"))
