@@ -22,8 +22,10 @@ from .context import ImportanceContext, ImportanceSums
 from .distributed import Lockstep, combine, rank_share, use_engine
 from .fisher import fisher_importance
 from .lmas import lmas_importance
+from .spp import spp_importance
 from .mas import mas_importance
 from .uniform import uniform_importance
+from .vector import vector_importance
 
 Estimator = Callable[[ImportanceContext, Iterable[Any]], ImportanceSums]
 ESTIMATORS: dict[str, Estimator] = {
@@ -32,6 +34,8 @@ ESTIMATORS: dict[str, Estimator] = {
     "ewc": fisher_importance,
     "online_ewc": fisher_importance,  # merged with merge='decay' (MASConfig checks it)
     "lmas": lmas_importance,
+    "mas_vector": vector_importance,
+    "spp": spp_importance,
 }
 
 

@@ -1,0 +1,96 @@
+"""SPP: importance as the entropy change when a parameter is pruned (Peng et al. 2018, Sec. 3.1-3.2).
+
+Setting W_ij to 0 (the perturbation dW = -W) changes the output entropy H(q) by, to second order,
+
+    Omega_ij = max(0, dH/dW_ij dW_ij + 1/2 H_ij,ij dW_ij^2),   dW = -W                (Eq. 2-3)
+
+with the Hessian diagonal approximated by the diagonal Fisher of the model's own predictive
+distribution (Sec. 3.1 "Hessian diagonalization"): label-free, like MAS. Only parameters whose
+pruning would raise the entropy (make the model less certain) are protected; negative values are
+set to 0 (Eq. 3). Across tasks the importance is summed (Eq. 4: MASConfig `merge='sum'`), and the
+penalty is the shared lambda sum Omega (theta - theta*)^2 (Eq. 5); the paper gives no single lambda.
+
+Conventions: H(q) = -sum_c q_c log q_c, the Shannon entropy (the paper writes sum q log q but
+calls it the information entropy and approximates its Hessian by the Fisher, which is positive
+semi-definite: the sign of the entropy). dH/dW is the mean over the N samples of the gradient of
+each sample's entropy; the Fisher is 1/N sum_k (d log q(y_k|x_k) / dW)^2 per sample, y_k sampled
+from q(.|x_k). For sequences, a sample's entropy and log-likelihood sum over its non-padding
+positions. Per micro-batch: one backward for the entropy gradient, one (per-sample, squared) for
+the Fisher, both through `ctx.backward` and read with `ctx.read_grads()`; W is the rank's slice of
+the parameters under ZeRO (`ctx.local`), so everything stays sharded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from .batches import Batch, batch_size, inputs_of, slice_batch, to_device
+from .context import ImportanceContext, ImportanceSums
+from .fisher import logits_of, sampled_log_likelihood
+from .per_sample import PerSampleAbsGrad, PerSampleMismatch
+
+
+def entropy(logits: torch.Tensor, x: Batch) -> torch.Tensor:
+    """Shannon entropy of q = softmax(logits) per sample, summed over non-padding positions: (B,)."""
+    logp = logits.float().log_softmax(-1)
+    h = -(logp.exp() * logp).sum(-1)  # (B, [T])
+    mask = x.get("attention_mask") if isinstance(x, Mapping) else None
+    if mask is not None and tuple(mask.shape) == tuple(h.shape):
+        h = h * mask.to(h.dtype)
+    return h.reshape(h.shape[0], -1).sum(1)
+
+
+def _add(total: dict[str, torch.Tensor] | None, new: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if total is None:
+        return new
+    torch._foreach_add_(list(total.values()), list(new.values()))
+    return total
+
+
+def _weights(ctx: ImportanceContext) -> dict[str, torch.Tensor]:
+    """W in the layout of `read_grads`: full tensors, or this rank's slices under ZeRO."""
+    local = getattr(ctx, "local", None)
+    if local is not None:
+        return {n: w.detach().float() for n, w in local.values().items()}
+    return {n: p.detach().float() for n, p in ctx.params.items()}
+
+
+def _fisher_backward(ctx: ImportanceContext, x: Batch, B: int) -> None:
+    """Backward of -sum_k log q(y_k|x_k), y_k ~ q, leaving sum_k (per-sample gradient)^2 in the grads."""
+    check = ctx.config.check_per_sample
+    with PerSampleAbsGrad(ctx.model, ctx.params, check=check, transform=torch.square) as hooks:
+        try:
+            hooks.start_batch(B)
+            ctx.backward(-sampled_log_likelihood(logits_of(ctx.model, x, ctx.config), x).sum())
+            return
+        except PerSampleMismatch:
+            ctx.zero_grads()  # this batch's Fisher only: the entropy gradient was read already
+        for k in range(B):  # one sample per backward: the square of its gradient is exact
+            hooks.start_batch(1)
+            x_k = slice_batch(x, k, k + 1)
+            ctx.backward(-sampled_log_likelihood(logits_of(ctx.model, x_k, ctx.config), x_k).sum())
+
+
+def spp_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> ImportanceSums:
+    """N * Omega: max(0, -G W + 1/2 F W^2) with G, F the sums over samples (max(0, .) commutes with 1/N)."""
+    grad_h = fisher = None
+    n_samples = n_batches = 0
+    for batch in batches:
+        x, B = to_device(inputs_of(batch), ctx.device), batch_size(batch)
+        ctx.backward(entropy(logits_of(ctx.model, x, ctx.config), x).sum())  # sum_k dH_k/dW
+        grad_h = _add(grad_h, ctx.read_grads())
+        ctx.zero_grads()
+        _fisher_backward(ctx, x, B)
+        fisher = _add(fisher, ctx.read_grads())  # sum_k (d log q(y_k|x_k)/dW)^2
+        ctx.zero_grads()
+        n_samples += B
+        n_batches += 1
+        ctx.progress(B)
+    if grad_h is None or fisher is None:
+        return ImportanceSums({n: torch.zeros(0) for n in ctx.params}, 0, 0)
+    W = _weights(ctx)
+    # Eq. 2-3 with dW = -W: dH/dW . dW + 1/2 F dW^2, negative values set to 0
+    sums = {n: (-grad_h[n] * W[n] + 0.5 * fisher[n] * W[n].square()).clamp_(min=0) for n in W}
+    return ImportanceSums(sums, n_samples, n_batches)
