@@ -22,8 +22,8 @@ from .context import ImportanceContext, ImportanceSums
 from .distributed import Lockstep, combine, rank_share, use_engine
 from .fisher import fisher_importance
 from .lmas import lmas_importance
-from .spp import spp_importance
 from .mas import mas_importance
+from .spp import spp_importance
 from .uniform import uniform_importance
 from .vector import vector_importance
 
