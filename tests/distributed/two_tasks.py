@@ -60,7 +60,7 @@ def task_data(offset: int, seed: int) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": x, "attention_mask": torch.ones(SEQ, dtype=torch.long), "labels": x} for x in ids]
 
 
-def args_for(out: Path, name: str, save_steps: int | None = None) -> TrainingArguments:
+def args_for(out: Path, name: str, save_steps: int | None = None, bf16: bool = False) -> TrainingArguments:
     ws = int(os.environ.get("WORLD_SIZE", "1"))  # the process group does not exist yet
     return TrainingArguments(
         output_dir=str(out / name),
@@ -81,6 +81,7 @@ def args_for(out: Path, name: str, save_steps: int | None = None) -> TrainingArg
         train_sampling_strategy="sequential",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        bf16=bf16,
     )
 
 
@@ -120,11 +121,14 @@ def main() -> None:
     parser.add_argument("--resume-check", action="store_true")
     parser.add_argument("--load-check", type=Path)
     parser.add_argument("--lora", action="store_true", help="frozen base + LoRA adapters (peft)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 training (ZeRO: bf16 weights, fp32 master)")
+    parser.add_argument("--bf16-storage", action="store_true", help='MASConfig(storage_dtype="bfloat16")')
     cli = parser.parse_args()
     out = cli.out
     rank, ws = world()
     out.mkdir(parents=True, exist_ok=True)
-    cfg = MASConfig(reg_lambda=50.0, importance_batch_size=3)
+    storage = "bfloat16" if cli.bf16_storage else "float32"
+    cfg = MASConfig(reg_lambda=50.0, importance_batch_size=3, storage_dtype=storage)
     model = tiny_gpt2(vocab=50)
     if cli.lora:  # only the adapters train: they alone have fp32 master slices, Omega and theta*
         from peft import LoraConfig, get_peft_model
@@ -137,13 +141,15 @@ def main() -> None:
         return ListDataset([{k: v for k, v in x.items() if k != "labels"} for x in d])
 
     omega = Omega(config=cfg)
-    trainer_a = MASTrainer(model, args_for(out, "task_a"), train_dataset=data_a, omega=omega)
+    trainer_a = MASTrainer(model, args_for(out, "task_a", bf16=cli.bf16), train_dataset=data_a, omega=omega)
     trainer_a.train()
     rank, ws = world()  # the Trainer may have started the process group
     omega.merge(compute_importance(importance_model(trainer_a), unlabeled(data_a), cfg, task_name="a"))
     save_omega(omega, out / "omega_a", model)
 
-    trainer_b = MASTrainer(model, args_for(out, "task_b", save_steps=2), train_dataset=data_b, omega=omega)
+    trainer_b = MASTrainer(
+        model, args_for(out, "task_b", save_steps=2, bf16=cli.bf16), train_dataset=data_b, omega=omega
+    )
     trainer_b.train()
     weights_b = full_weights(model)
     engine_b = deepspeed_engine(importance_model(trainer_b))
