@@ -67,6 +67,20 @@ class Interleave(TrainerCallback):
         self.times[self.kind].append(time.perf_counter() - self.t0)
 
 
+def time_calls(obj: object, name: str) -> list[float]:
+    """Wall time of every call of obj.name (an instance attribute shadows the method)."""
+    fn, times = getattr(obj, name), []
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times.append(time.perf_counter() - t0)
+        return out
+
+    setattr(obj, name, timed)
+    return times
+
+
 def args_for(out: str, steps: int, batch: int) -> TrainingArguments:
     return TrainingArguments(
         output_dir=out,
@@ -108,6 +122,7 @@ def measure(cli: argparse.Namespace) -> None:
         )
         timer = Interleave(trainer)
         trainer.add_callback(timer)
+        penalty_times = time_calls(trainer, "apply_sharded_penalty")
         trainer.train()
     times = {k: v[1:] for k, v in timer.times.items()}  # the first of each kind warms up
     report = {
@@ -119,6 +134,7 @@ def measure(cli: argparse.Namespace) -> None:
         "replicated_bytes_fp32": 8 * P,
         "sharded_bytes_bf16": bf16,
         "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "penalty_median_s": statistics.median(penalty_times[3::2]),  # MAS steps are the odd calls; 1st binds
         "steps_timed": {k: len(v) for k, v in times.items()},
     }
     reports = [None] * ws
@@ -149,6 +165,10 @@ def print_report(reports: list[dict]) -> None:
         f"\nstep time (rank 0, median of {n['plain ZeRO-3 step']} / {n['MAS ZeRO-3 step']} interleaved steps)"
     )
     print(f"plain ZeRO-3 step {plain:.4f} s   MAS ZeRO-3 step {mas:.4f} s   ratio {mas / plain:.3f}")
+    pen = reports[0]["penalty_median_s"]
+    print(
+        f"penalty on the rank's slices (inside the MAS step): {pen * 1e3:.2f} ms = {pen / plain:.2%} of a step"
+    )
 
 
 def main() -> None:

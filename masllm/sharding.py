@@ -148,13 +148,11 @@ class LocalShards:
 
     def zero_grads(self) -> None:
         """Drop the accumulated gradients, as the engine's step would, without updating anything."""
-        self.engine.optimizer.zero_grad(set_to_none=True)
+        opt = self.engine.optimizer
+        opt.zero_grad(set_to_none=True)
         if self.stage == 3:  # re-partition what a forward outside the engine left gathered (tied weights)
-            self.engine.optimizer.parameter_offload.get_param_coordinator().release_and_reset_all(
-                self.engine.module
-            )
-        if self.stage < 3:  # ZeRO-1/2 keep the reduced partition until their step consumes it
-            opt = self.engine.optimizer
+            opt.parameter_offload.get_param_coordinator().release_and_reset_all(self.engine.module)
+        else:  # ZeRO-1/2 keep the reduced partition until their step consumes it
             for i in list(opt.averaged_gradients):
                 opt.averaged_gradients[i] = None
                 opt.all_grad_tensors[i] = None
@@ -187,7 +185,7 @@ def all_reduce_(tensors: list[torch.Tensor]) -> None:
 
 
 def all_reduce_max(value: int) -> int:
-    """Max over ranks: how many more micro-batches anyone still has (keeps collectives in step)."""
+    """Max over ranks, e.g. whether any rank still has a micro-batch (keeps ZeRO's collectives in step)."""
     if world()[1] == 1:
         return value
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"

@@ -103,7 +103,6 @@ class MASTrainer(Trainer):
 
         optimizer.step = step_with_penalty
         optimizer._mas_wrapped = True
-        self._local = None
 
     def _bind_sharded_penalty(self) -> tuple[list[torch.Tensor], ...]:
         """This rank's (theta, Omega, theta*) slices; a full Omega, or one in a checkpoint being
