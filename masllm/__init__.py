@@ -10,8 +10,24 @@ Public API:
 __version__ = "0.1.0"
 
 from .config import MASConfig
+from .deployment import DeploymentImportance
+from .imm import mean_imm, mode_imm
 from .importance import ESTIMATORS, compute_importance
+from .lwf import LwFTrainer
 from .omega import Omega
+from .si import SynapticIntelligence
 from .trainer import MASTrainer
 
-__all__ = ["ESTIMATORS", "MASConfig", "MASTrainer", "Omega", "compute_importance", "__version__"]
+__all__ = [
+    "ESTIMATORS",
+    "DeploymentImportance",
+    "LwFTrainer",
+    "MASConfig",
+    "MASTrainer",
+    "Omega",
+    "SynapticIntelligence",
+    "compute_importance",
+    "mean_imm",
+    "mode_imm",
+    "__version__",
+]

@@ -23,6 +23,7 @@ from .distributed import Lockstep, combine, rank_share, use_engine
 from .fisher import fisher_importance
 from .lmas import lmas_importance
 from .mas import mas_importance
+from .path_integral import si_importance
 from .spp import spp_importance
 from .uniform import uniform_importance
 from .vector import vector_importance
@@ -36,6 +37,7 @@ ESTIMATORS: dict[str, Estimator] = {
     "lmas": lmas_importance,
     "mas_vector": vector_importance,
     "spp": spp_importance,
+    "si": si_importance,  # reads what masllm.SynapticIntelligence recorded during training
 }
 
 
