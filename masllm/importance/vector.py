@@ -10,7 +10,8 @@ for a language model -- and here one forward pass per dimension too (a retained 
 survive DeepSpeed's engine backward). The paper found no difference in forgetting (0.51% vs 0.50%
 drop on the first task) at D times the cost; `masllm.importance.mas` is the l2^2 form. Each
 backward goes through `ctx.backward` with `PerSampleAbsGrad`, so |.| is per sample and the sums
-shard like MAS's under ZeRO. `config.output` chooses F (logits by default); padding positions of a
+shard like MAS's under ZeRO -- where every rank must then run the same number of backward passes:
+outputs of the same size on every rank (classifiers; sequences padded to one length). `config.output` chooses F (logits by default); padding positions of a
 sequence are left out (their dimensions are skipped). Strength: MAS's, lambda = 1.
 """
 
@@ -36,12 +37,21 @@ def _flat_output(ctx: ImportanceContext, x: Batch) -> torch.Tensor:
     return F.reshape(F.shape[0], -1)
 
 
+def _used_dims(ctx: ImportanceContext, x: Batch) -> list[int]:
+    """Output dimensions at a non-padding position of some sample (all of them without a mask)."""
+    with torch.no_grad():
+        F = output_of(forward(ctx.model, x), ctx.config)
+    keep = torch.ones_like(F, dtype=torch.bool)
+    mask = x.get("attention_mask") if isinstance(x, Mapping) else None
+    if mask is not None and F.dim() >= 3 and tuple(F.shape[:2]) == tuple(mask.shape):
+        keep &= mask.bool().reshape(*mask.shape, *([1] * (F.dim() - 2)))
+    return keep.reshape(F.shape[0], -1).any(0).nonzero().flatten().tolist()
+
+
 def _one_batch(ctx: ImportanceContext, hooks: PerSampleAbsGrad, x: Batch) -> None:
     """One forward + backward per output dimension d that any sample of the batch uses."""
     B = batch_size(x)
-    with torch.no_grad():
-        used = _flat_output(ctx, x).ne(0).any(0).nonzero().flatten().tolist()  # skip padding-only dims
-    for d in used:
+    for d in _used_dims(ctx, x):
         hooks.start_batch(B)
         ctx.backward(_flat_output(ctx, x)[:, d].float().sum())  # sum_k F_d(x_k): per-sample |.| by hooks
 
