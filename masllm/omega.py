@@ -62,10 +62,11 @@ def _merge_alpha(old: Tensors, new: Tensors, state: dict[str, Any]) -> None:
         Omega = A / B,   A = sum_t Omega_t / S_t,   B = sum_t 1 / S_t,
 
     kept in constant memory: A is recovered as Omega * B, so only the scalar B joins the state.
-    S_t is the sum of the tensors given: under ZeRO, a rank's shard (see the report / docs).
+    Under ZeRO the tensors are a rank's slices: Omega.merge then supplies S_t summed over ranks.
     """
     new_values = aligned(old, new)
-    total = float(sum(t.double().sum() for t in new_values))
+    total = state.pop("_global_total", None)  # set by Omega.merge when the tensors are ZeRO slices
+    total = float(sum(t.double().sum() for t in new_values)) if total is None else total
     if not total > 0:
         raise ValueError(f"merge='alpha' needs a task Omega with a positive total, got S_t={total}")
     inv_old = float(state.get("alpha_inv_total", 0.0))
@@ -172,6 +173,11 @@ class Omega(Mapping[str, torch.Tensor]):
         self.merge_state["num_tasks"] = self.merge_state.get("num_tasks", 0) + 1
         if self.config.merge in ("ema", "decay"):
             self.merge_state["decay"] = self.config.merge_decay
+        if self.config.merge == "alpha" and (self.is_sharded or new.is_sharded):  # S_t over all slices
+            from .sharding import all_reduce_sum
+
+            local = sum(float(t.double().sum()) for t in full.values())
+            self.merge_state["_global_total"] = float(all_reduce_sum([local])[0])
         MERGE_FUNCTIONS[self.config.merge](self.importance, full, self.merge_state)
         self.anchors = {**self.anchors, **new.anchors}
         self.tasks.extend(new.tasks)

@@ -89,3 +89,23 @@ def test_method_field_validation():
             MASConfig(**{name: 0.0})
     with pytest.raises(ValueError, match="lwf_weight"):
         MASConfig(lwf_weight=-1.0)
+
+
+def test_alpha_under_zero_uses_the_total_over_all_ranks(monkeypatch):
+    """A rank's slices: S_t must be the sum over every rank's slice (here another rank holds 10 per task)."""
+    import masllm.sharding
+
+    monkeypatch.setattr(
+        masllm.sharding, "all_reduce_sum", lambda v: torch.tensor(v, dtype=torch.float64) + 10
+    )
+    cfg = MASConfig(merge="alpha")
+    tasks = full(task_omegas(3))
+    omega = Omega(config=cfg)
+    for t in tasks:
+        omega.merge(Omega(t, config=cfg, shards={n: object() for n in t}))
+    S = [10 + float(t["w"].sum() + t["b"].sum()) for t in tasks]
+    inv = sum(1 / s for s in S)
+    expected = {n: sum((1 / s) / inv * t[n] for s, t in zip(S, tasks)) for n in ("w", "b")}
+    assert_equal(omega, expected)
+    assert omega.merge_state["alpha_inv_total"] == pytest.approx(inv)
+    assert "_global_total" not in omega.merge_state
