@@ -10,6 +10,11 @@ normalisation. `mas_penalty` (lambda sum Omega (theta - theta*)^2, mean over the
 log) joins the training logs. Omega and theta* are saved with every checkpoint and restored by
 `resume_from_checkpoint`.
 
+Under DeepSpeed ZeRO-1/2/3 each rank holds only its slices of Omega and theta* (masllm.sharding):
+the penalty is added to the rank's reduced gradient slice inside the ZeRO optimizer's step (before
+its unscaling and clipping, still multiplied by the fp16 loss scale), checkpoints carry the
+consolidated Omega, and `omega=` may be a saved directory, read slice by slice on every rank.
+
 The trainer never estimates importance: after `train()`, call `masllm.compute_importance` on the
 task's unlabeled data and `omega.merge(...)` (the recipe does exactly that).
 """
@@ -24,7 +29,7 @@ from torch import nn
 from transformers import Trainer
 
 from . import sharding
-from .checkpoint import CONFIG_NAME
+from .checkpoint import CONFIG_NAME, load_meta
 from .config import MASConfig
 from .consolidate import load_omega_shards, save_omega_consolidated
 from .omega import Omega
@@ -35,9 +40,20 @@ class MASTrainer(Trainer):
     """A Trainer whose optimizer steps follow the gradient of L_n + lambda sum Omega (theta - theta*)^2."""
 
     def __init__(
-        self, *args: Any, mas_config: MASConfig | None = None, omega: Omega | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        mas_config: MASConfig | None = None,
+        omega: Omega | str | Path | None = None,
+        **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self._omega_dir: str | None = None  # under ZeRO: a saved Omega, read slice by slice when bound
+        if isinstance(omega, (str, Path)):
+            if self.is_deepspeed_enabled:  # never materialise the full Omega on a rank
+                self._omega_dir = str(omega)
+                omega = Omega(config=MASConfig.from_dict(load_meta(Path(omega))["config"]))
+            else:
+                omega = Omega.from_pretrained(omega, model=self.model)
         self.mas_config = mas_config or (omega.config if omega is not None else MASConfig())
         self.omega = omega if omega is not None else Omega(config=self.mas_config)
         if not self.omega.is_empty:
@@ -113,8 +129,10 @@ class MASTrainer(Trainer):
             raise ValueError(f"Omega covers parameters that do not train here, e.g. {missing[:3]}")
         names = list(self.omega.importance) or list(params)
         self._local = local = sharding.LocalShards(self.model_wrapped, {n: params[n] for n in names})
-        if self._resume_dir and (Path(self._resume_dir) / CONFIG_NAME).is_file():
-            loaded = load_omega_shards(self._resume_dir, local.shards, local.values())
+        resumed = self._resume_dir and (Path(self._resume_dir) / CONFIG_NAME).is_file()
+        source = self._resume_dir if resumed else self._omega_dir
+        if source:
+            loaded = load_omega_shards(source, local.shards, local.values())
             self.omega.__dict__.update(loaded.__dict__)  # same object: callers' references stay valid
             self.mas_config = self.omega.config
         elif not self.omega.is_sharded:
@@ -131,7 +149,7 @@ class MASTrainer(Trainer):
 
     def apply_sharded_penalty(self) -> None:
         """grad_local += loss_scale * 2 lambda Omega_local (theta_local - theta*_local) (Eq. 3), no communication."""
-        if self._penalty_terms is None and (self.penalty_active or self._resume_dir):
+        if self._penalty_terms is None and (self.penalty_active or self._resume_dir or self._omega_dir):
             self._penalty_terms = self._bind_sharded_penalty()
         if not self.penalty_active:
             return

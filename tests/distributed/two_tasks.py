@@ -176,7 +176,7 @@ def main() -> None:
         (out / "losses.json").write_text(json.dumps({"a": losses(trainer_a), "b": losses(trainer_b)}))
 
     if cli.load_check and engine_b is not None:
-        check_load(cli.load_check, engine_b, omega, out, rank)
+        check_load(cli.load_check, engine_b, omega, out, rank, data_b)
     if cli.resume_check:
         check_resume(model, out, data_b, cfg, trainer_b, weights_b, rank)
     if ws > 1:
@@ -187,8 +187,9 @@ def maxabs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) if a.numel() else 0.0
 
 
-def check_load(directory: Path, engine, omega: Omega, out: Path, rank: int) -> None:
-    """Slices read from a checkpoint saved at another world size equal the file's tensors there."""
+def check_load(directory: Path, engine, omega: Omega, out: Path, rank: int, data) -> None:
+    """Slices read from a checkpoint saved at another world size equal the file's tensors there,
+    directly and through `MASTrainer(omega=directory)`, which reads them at its first step."""
     local = LocalShards(engine, {n: p for n, p in engine.module.named_parameters() if n in omega.importance})
     loaded = load_omega_shards(directory, local.shards)
     full = load_file(str(directory / "mas_omega.safetensors"))
@@ -199,7 +200,17 @@ def check_load(directory: Path, engine, omega: Omega, out: Path, rank: int) -> N
     )
     own = load_omega_shards(out / "omega", local.shards)  # our own save, read back into our shards
     own_err = max(maxabs(own[n], omega[n]) for n in omega.importance)
-    (out / f"load{rank}.json").write_text(json.dumps({"max_abs_err": err, "own_roundtrip_err": own_err}))
+    trainer = MASTrainer(engine.module, args_for(out, "from_dir"), train_dataset=data, omega=str(directory))
+    trainer.train()
+    got = trainer.omega
+    trainer_err = max(
+        max(maxabs(got[n], s.slice_of(full[n])) for n, s in local.shards.items()),
+        max(maxabs(got.anchors[n], s.slice_of(anchors[n])) for n, s in local.shards.items()),
+    )
+    report = {"max_abs_err": err, "own_roundtrip_err": own_err, "trainer_err": trainer_err}
+    report["trainer_sharded"] = got.is_sharded and set(got.shards) == set(local.shards)
+    report["trainer_penalty"] = max(h.get("mas_penalty", 0.0) for h in losses(trainer))
+    (out / f"load{rank}.json").write_text(json.dumps(report))
 
 
 def check_resume(
