@@ -98,7 +98,7 @@ def compute_importance(
         model.train(was_training)
         bar.close()
     if world_size > 1:
-        result = combine(result, engine, lockstep)
+        result = combine(result, lockstep)
     if result.num_samples == 0:
         raise ValueError("The importance data yielded no samples: Omega needs at least one (Eq. 2)")
     denom = result.num_samples if config.normalize == "samples" else result.num_batches

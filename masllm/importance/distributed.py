@@ -120,7 +120,7 @@ def use_engine(ctx: ImportanceContext, engine: Any, lockstep: Lockstep) -> None:
     ctx.backward = ctx.engine
 
 
-def combine(result: ImportanceSums, engine: Any, lockstep: Lockstep | None) -> ImportanceSums:
+def combine(result: ImportanceSums, lockstep: Lockstep | None) -> ImportanceSums:
     """Global counts; under DDP also the global sums (under ZeRO the engine already reduced them)."""
     if lockstep is not None:
         n = sharding.all_reduce_sum([lockstep.num_samples, lockstep.num_batches])
