@@ -78,6 +78,11 @@ def available(method: str) -> bool:
     return method in NO_PENALTY or method in ESTIMATORS
 
 
+def selected(runs: list[Run], args: argparse.Namespace) -> list[Run]:
+    """The runs whose method is in --methods (all when not given)."""
+    return [r for r in runs if not args.methods or r.method in args.methods]
+
+
 def make_optimizer(model: torch.nn.Module, p: Protocol) -> torch.optim.Optimizer:
     if p.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=p.lr)
@@ -249,7 +254,7 @@ def table_hsu(args, data) -> dict:
     ]
     tasks = split_tasks(data["mnist"])
     rows, dump = [], {}
-    for run in runs:
+    for run in selected(runs, args):
         res = run_method(lambda s: tasks, p, run, args.seeds)
         res = summaries(res) if res is not None else None
         rows.append((run.label, res, {"acc": HSU.get(run.method)}))
@@ -271,7 +276,7 @@ def spp_table(args, tasks_for_seed, published: dict, title: str, p: Protocol) ->
         Run(f"SPP l={lam['spp']}", "spp", lam["spp"]),
     ]
     rows, dump = [], {}
-    for run in runs:
+    for run in selected(runs, args):
         res = run_method(tasks_for_seed, p, run, args.seeds)
         if res is not None:  # FWT (Eq. 7) against the joint model of the same seed
             res = [summaries([r], j["R"][-1])[0] for r, j in zip(res, joint)]
@@ -459,8 +464,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fig6-epochs", type=int, default=1)
     ap.add_argument("--fig6-lambdas", default="0,0.25,0.5,1,1.5")
     ap.add_argument("--adapt-digit", type=int, default=0)
+    ap.add_argument("--methods", default="", help="Run only these methods (comma list), e.g. mas,ewc")
+    ap.add_argument(
+        "--fig6-from", default=None, help="Only re-plot Fig. 6 from these result JSONs (comma list)"
+    )
     args = ap.parse_args(argv)
+    if args.fig6_from:
+        points = {}
+        for path in args.fig6_from.split(","):
+            points.update({float(k): v for k, v in json.loads(Path(path).read_text())["fig6"].items()})
+        plot_fig6(dict(sorted(points.items())), Path(args.out) / "fig6_lambda.png")
+        return
     args.lambdas = parse_lambdas(args.lambdas)
+    args.methods = [m for m in args.methods.split(",") if m]
     args.fig6_lambdas = [float(v) for v in args.fig6_lambdas.split(",")]
     if args.quick:
         args.seeds, args.train_per_task, args.permuted_train_per_task = 1, 2000, 2000
