@@ -22,6 +22,7 @@ under DeepSpeed like any compute_loss (the teacher must then be an unpartitioned
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,11 +76,14 @@ class LwFTrainer(MASTrainer):
         )
         cfg = self.mas_config
         if cfg.lwf_weight > 0:
+            logits = dataclasses.replace(cfg, output="logits")  # distillation is of the logits, whatever F is
             x = {k: v for k, v in inputs.items() if k not in LABEL_KEYS}
             with torch.no_grad():
-                old = output_of(self.teacher(**x), cfg)
+                old = output_of(self.teacher(**x), logits)
             mask = x.get("attention_mask") if isinstance(x, Mapping) else None
-            term = cfg.lwf_weight * distillation_loss(output_of(outputs, cfg), old, cfg.lwf_temperature, mask)
+            term = cfg.lwf_weight * distillation_loss(
+                output_of(outputs, logits), old, cfg.lwf_temperature, mask
+            )
             if self._loss_scaled_for_ga(num_items_in_batch):
                 term = term / self.current_gradient_accumulation_steps  # the Trainer will not divide it
             loss = loss + term

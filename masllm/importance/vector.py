@@ -28,9 +28,15 @@ from .mas import output_of
 from .per_sample import PerSampleAbsGrad, PerSampleMismatch
 
 
+def _output(ctx: ImportanceContext, x: Batch) -> torch.Tensor:
+    """F(x) as `config.output` says (hidden states must be asked for)."""
+    hidden = ctx.config.output == "hidden_states" and isinstance(x, Mapping)
+    return output_of(forward(ctx.model, x, **({"output_hidden_states": True} if hidden else {})), ctx.config)
+
+
 def _flat_output(ctx: ImportanceContext, x: Batch) -> torch.Tensor:
     """F(x) as (B, D), padding positions zeroed."""
-    F = output_of(forward(ctx.model, x), ctx.config)
+    F = _output(ctx, x)
     mask = x.get("attention_mask") if isinstance(x, Mapping) else None
     if mask is not None and F.dim() >= 3 and tuple(F.shape[:2]) == tuple(mask.shape):
         F = F * mask.reshape(*mask.shape, *([1] * (F.dim() - 2))).to(F.dtype)
@@ -40,7 +46,7 @@ def _flat_output(ctx: ImportanceContext, x: Batch) -> torch.Tensor:
 def _used_dims(ctx: ImportanceContext, x: Batch) -> list[int]:
     """Output dimensions at a non-padding position of some sample (all of them without a mask)."""
     with torch.no_grad():
-        F = output_of(forward(ctx.model, x), ctx.config)
+        F = _output(ctx, x)
     keep = torch.ones_like(F, dtype=torch.bool)
     mask = x.get("attention_mask") if isinstance(x, Mapping) else None
     if mask is not None and F.dim() >= 3 and tuple(F.shape[:2]) == tuple(mask.shape):
