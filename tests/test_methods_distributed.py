@@ -1,7 +1,7 @@
-"""EWC (empirical and sampled Fisher), SPP and MAS vector output under DeepSpeed ZeRO-3 on 2 CPU ranks
-equal one process: their per-sample sums go through `ctx.backward` / `ctx.read_grads`, so the
+"""EWC (empirical and sampled Fisher), SPP and MAS vector output under DeepSpeed ZeRO-3 and DDP on 2 CPU
+ranks equal one process: their per-sample sums go through `ctx.backward` / `ctx.read_grads`, so the
 sharding backend slices them like MAS's Omega. Launches tests/distributed/methods_importance.py
-twice (one process, then ZeRO-3 with 2 ranks; ~45 s once DeepSpeed's comm op is compiled)."""
+three times (one process, ZeRO-3 and DDP with 2 ranks each; ~70 s once DeepSpeed's comm op is compiled)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from test_distributed_zero import ROOT, TIMEOUT, env, free_port, launch_cmd
 pytestmark = pytest.mark.distributed
 SCRIPT = "tests/distributed/methods_importance.py"
 METHODS = ("ewc", "ewc_sampled", "spp", "mas_hidden", "mas_vector")
+OMEGA = "mas_omega.safetensors"
 UNREACHED = "lm_head.weight"  # no gradient reaches it when F is the hidden states
 
 
@@ -30,23 +31,23 @@ def outputs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("methods_zero")
     run([sys.executable, SCRIPT, "--out", str(tmp / "single")], tmp / "single.log")
     run([*launch_cmd("cpu_zero3.yaml", free_port()), SCRIPT, "--out", str(tmp / "z3")], tmp / "z3.log")
+    run([*launch_cmd("cpu_ddp.yaml", free_port()), SCRIPT, "--out", str(tmp / "ddp")], tmp / "ddp.log")
     return {
-        m: (
-            load_file(tmp / "single" / m / "mas_omega.safetensors"),
-            load_file(tmp / "z3" / m / "mas_omega.safetensors"),
-        )
+        (m, mode): (load_file(tmp / "single" / m / OMEGA), load_file(tmp / mode / m / OMEGA))
         for m in METHODS
+        for mode in ("z3", "ddp")
     }
 
 
+@pytest.mark.parametrize("mode", ["z3", "ddp"])
 @pytest.mark.parametrize("method", METHODS)
-def test_zero3_equals_one_process(outputs, method):
-    single, zero = outputs[method]
-    assert set(single) == set(zero)
+def test_two_ranks_equal_one_process(outputs, method, mode):
+    single, multi = outputs[method, mode]
+    assert set(single) == set(multi)
     for n in single:
-        if n != UNREACHED:
+        if n != UNREACHED or mode == "ddp":
             torch.testing.assert_close(
-                zero[n], single[n], rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}"
+                multi[n], single[n], rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}"
             )
 
 
@@ -55,6 +56,6 @@ def test_zero3_equals_one_process(outputs, method):
 )
 @pytest.mark.parametrize("method", ["mas_hidden", "mas_vector"])
 def test_zero3_unreached_parameter_has_zero_importance(outputs, method):
-    single, zero = outputs[method]
+    single, zero = outputs[method, "z3"]
     assert float(single[UNREACHED].abs().sum()) == 0.0
     torch.testing.assert_close(zero[UNREACHED], single[UNREACHED])

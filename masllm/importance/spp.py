@@ -17,7 +17,8 @@ each sample's entropy; the Fisher is 1/N sum_k (d log q(y_k|x_k) / dW)^2 per sam
 from q(.|x_k). For sequences, a sample's entropy and log-likelihood sum over its non-padding
 positions. Per micro-batch: one backward for the entropy gradient, one (per-sample, squared) for
 the Fisher, both through `ctx.backward` and read with `ctx.read_grads()`; W is the rank's slice of
-the parameters under ZeRO (`ctx.local`), so everything stays sharded.
+the parameters under ZeRO (`ctx.local`), so everything stays sharded. Under DDP the two sums are
+all-reduced before max(0, .), which does not commute with the sum over ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from .. import sharding
 from .batches import Batch, batch_size, inputs_of, slice_batch, to_device
 from .context import ImportanceContext, ImportanceSums
 from .fisher import logits_of, sampled_log_likelihood
@@ -91,6 +93,11 @@ def spp_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> Importan
     if grad_h is None or fisher is None:
         return ImportanceSums({n: torch.zeros(0) for n in ctx.params}, 0, 0)
     W = _weights(ctx)
+    ddp_ranks = sharding.world()[1] if getattr(ctx, "local", None) is None else 1
+    if ddp_ranks > 1:  # DDP: max(0, .) needs the global sums (ZeRO's engine has already reduced them)
+        sharding.all_reduce_([*grad_h.values(), *fisher.values()])
     # Eq. 2-3 with dW = -W: dH/dW . dW + 1/2 F dW^2, negative values set to 0
     sums = {n: (-grad_h[n] * W[n] + 0.5 * fisher[n] * W[n].square()).clamp_(min=0) for n in W}
+    if ddp_ranks > 1:  # every rank now holds the global result; compute_importance sums the ranks' sums
+        sums = {n: t.div_(ddp_ranks) for n, t in sums.items()}
     return ImportanceSums(sums, n_samples, n_batches)
