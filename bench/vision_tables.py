@@ -32,20 +32,23 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from masllm import ESTIMATORS, MASConfig, compute_importance  # noqa: E402
+from masllm.lwf import distillation_loss, frozen_copy  # noqa: E402
 from masllm.metrics import summarize  # noqa: E402
 from masllm.mnist import TaskData, load_idx_dataset, permuted_tasks, split_tasks  # noqa: E402
 from masllm.omega import Omega  # noqa: E402
+from masllm.si import SynapticIntelligence  # noqa: E402
 from masllm.vision import MultiHeadClassifier, accuracy, batches, train_task  # noqa: E402
 
-NO_PENALTY = ("finetune", "joint")
+NO_PENALTY = ("finetune", "joint", "lwf")  # lwf: distillation instead of a penalty (Li & Hoiem 2016)
 
 
 @dataclass
@@ -71,7 +74,6 @@ class Run:
     reg_lambda: float = 0.0
     importance_from: str = "train"  # train | test | train+test
     importance_classes: tuple[int, ...] | None = None  # first task only (adaptation test)
-    extra: dict = field(default_factory=dict)
 
 
 def available(method: str) -> bool:
@@ -144,13 +146,16 @@ def run_sequence(
     for i, (t, (x, y)) in enumerate(zip(tasks, data)):
         if p.reset_optimizer and i:
             opt = make_optimizer(model, p)
+        cfg = MASConfig(method=run.method if run.method in ESTIMATORS else "mas", reg_lambda=run.reg_lambda)
+        hooks, finish = method_hooks(run, model, tasks[:i], cfg)
         train_task(
             model, x, y, t.head, opt, epochs=p.epochs, batch_size=p.batch_size,
-            omega=omega, reg_lambda=run.reg_lambda, generator=g,
+            omega=omega, reg_lambda=run.reg_lambda, generator=g, **hooks,
         )  # fmt: skip
+        if finish is not None:
+            finish()
         R.append(evaluate_all(model, [*tasks, *probes]))
         if run.method not in NO_PENALTY and i < len(tasks) - 1:
-            cfg = MASConfig(method=run.method, reg_lambda=run.reg_lambda, **run.extra)
             imp = importance_data(t, run, i == 0, p.importance_samples, g, t.head)
             new = compute_importance(model, imp, cfg, task_name=t.name, show_progress=False)
             if omega.is_empty:
@@ -158,6 +163,38 @@ def run_sequence(
             else:
                 omega.merge(new)
     return R
+
+
+NS = SimpleNamespace()  # stands for TrainingArguments in the SI callback's hooks
+
+
+def method_hooks(run: Run, model, previous: list[TaskData], cfg: MASConfig) -> tuple[dict, Callable | None]:
+    """What a method adds to the plain loop (train_task kwargs, and what to do after training):
+    SI's path integral (masllm.si's callback, driven from this loop), LwF's distillation loss."""
+    if run.method == "si":
+        si = SynapticIntelligence(cfg)
+        si.on_train_begin(NS, None, None, model=model)
+        hooks = {
+            "before_step": lambda: si.on_pre_optimizer_step(NS, None, None),
+            "after_step": lambda: si.on_optimizer_step(NS, None, None),
+        }
+        return hooks, lambda: si.on_train_end(NS, None, None, model=model)  # SI's Eq. 5
+    if run.method == "lwf" and previous:
+        teacher, old = frozen_copy(model), sorted({t.head for t in previous})
+
+        def loss_fn(m, batch):  # CE on the new head + distillation of every old head (LwF, Eq. 2)
+            out = m(**batch)
+            x = batch["pixel_values"]
+            with torch.no_grad():
+                targets = [teacher(x, task_ids=h).logits for h in old]
+            kd = sum(
+                distillation_loss(m(x, task_ids=h).logits, z, cfg.lwf_temperature)
+                for h, z in zip(old, targets)
+            )
+            return out.loss + cfg.lwf_weight * kd
+
+        return {"loss_fn": loss_fn}, None
+    return {}, None
 
 
 def run_joint(model, tasks, data, p: Protocol, g: torch.Generator) -> list[float]:

@@ -252,14 +252,15 @@ def train_task(
     reg_lambda: float = 0.0,
     generator: torch.Generator | None = None,
     loss_fn: LossFn | None = None,
-    after_backward: StepHook | None = None,
+    before_step: StepHook | None = None,
     after_step: StepHook | None = None,
 ) -> None:
     """Plain minibatch training of one task under the MAS penalty: L_n + lambda sum Omega (theta-theta*)^2.
 
     The penalty gradient is added with `masllm.penalty.add_penalty_grad_`, exactly as `MASTrainer`
     does. `loss_fn(model, batch)` replaces the cross-entropy (e.g. LwF's distillation term);
-    `after_backward` / `after_step` let online estimators (SI) see gradients and updates.
+    `before_step` (the final gradient, penalty included) / `after_step` let online estimators
+    (SI) see the gradient each update follows and the update itself.
     """
     theta, omegas, anchors = penalty_terms(model, omega)
     model.train()
@@ -269,13 +270,13 @@ def train_task(
             optimizer.zero_grad()
             loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
             loss.backward()
-            if after_backward is not None:
-                after_backward()
             if theta and reg_lambda > 0:
                 for p in theta:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                 add_penalty_grad_(theta, [p.grad for p in theta], omegas, anchors, reg_lambda)  # Eq. 3
+            if before_step is not None:
+                before_step()
             optimizer.step()
             if after_step is not None:
                 after_step()
