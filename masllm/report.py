@@ -227,10 +227,16 @@ def _plot_curves(report: dict[str, Any], metric: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     tasks = report["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3 * len(tasks), 2.8), squeeze=False, sharey=False)
+    fig, axes = plt.subplots(
+        1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False, layout="constrained"
+    )
     for j, ax in enumerate(axes[0]):
+        values = []
         for name, run in report["runs"].items():
+            values += [row[j] for row in run["R"][metric]]
             ax.plot(range(len(tasks)), [row[j] for row in run["R"][metric]], marker="o", label=name)
+        if min(values) > 0 and max(values) / min(values) > 20:  # e.g. perplexity before and after
+            ax.set_yscale("log")
         ax.axvline(j, color="grey", lw=0.8, ls=":")
         ax.set(title=f"on {tasks[j]}", xlabel="after training on")
         ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
