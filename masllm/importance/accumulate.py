@@ -83,3 +83,21 @@ def accumulate_per_sample(
     finally:
         hooks.remove()
     return ImportanceSums(ctx.read_grads(), n_samples, n_batches)
+
+
+def accumulate_per_batch(
+    ctx: ImportanceContext, batches: Iterable[Batch], loss_fn: BatchLoss, transform: Transform
+) -> ImportanceSums:
+    """Return sum over micro-batches of transform(d loss_batch / d theta): the cheaper approximation
+    in which the samples of a micro-batch are summed before the transform (abs_mode='per_batch')."""
+    hooks = _TransformOfBatchGrad(ctx.params, transform)
+    n_samples = n_batches = 0
+    try:
+        for batch in batches:
+            ctx.backward(loss_fn(batch))
+            B = batch_size(batch)
+            n_samples, n_batches = n_samples + B, n_batches + 1
+            ctx.progress(B)
+    finally:
+        hooks.remove()
+    return ImportanceSums(ctx.read_grads(), n_samples, n_batches)

@@ -12,7 +12,6 @@ sequences, and longer sequences weigh more (each token's output is part of what 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,9 +19,9 @@ import torch
 from torch import nn
 
 from ..config import MASConfig
-from .batches import Batch, batch_size, forward, inputs_of, slice_batch, to_device
+from .accumulate import accumulate_per_batch, accumulate_per_sample
+from .batches import Batch, forward, inputs_of, to_device
 from .context import ImportanceContext, ImportanceSums
-from .per_sample import PerSampleAbsGrad, PerSampleMismatch
 
 
 def output_of(outputs: Any, config: MASConfig) -> torch.Tensor:
@@ -65,52 +64,12 @@ def _loss(model: nn.Module, x: Batch, config: MASConfig) -> torch.Tensor:
     return per_sample_norm(output_of(forward(model, x, **kwargs), config), x, config.norm).sum()
 
 
-class _AbsOfBatchGrad:
-    """|batch gradient|: exact for one-sample batches, the per-micro-batch approximation otherwise."""
-
-    def __init__(self, params: dict[str, nn.Parameter]) -> None:
-        self._handles = [p.register_hook(torch.abs) for p in params.values()]
-
-    def start_batch(self, batch_size: int) -> None:
-        pass
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
 def mas_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> ImportanceSums:
     """Accumulate sum_k |g_k| (or sum_batches |sum_k g_k| with abs_mode='per_batch') into the gradients."""
-    config = ctx.config
-    exact = config.abs_mode == "per_sample"
-    hooks: Any = PerSampleAbsGrad(ctx.model, ctx.params, check=config.check_per_sample) if exact else None
-    one_at_a_time = False
-    if hooks is None:
-        hooks = _AbsOfBatchGrad(ctx.params)
-    n_samples = n_batches = 0
-    try:
-        for batch in batches:
-            x = to_device(inputs_of(batch), ctx.device)
-            B = batch_size(batch)
-            if not one_at_a_time:
-                try:
-                    hooks.start_batch(B)
-                    ctx.backward(_loss(ctx.model, x, config))
-                except PerSampleMismatch as e:
-                    if n_batches > 0:
-                        raise
-                    warnings.warn(
-                        f"{e}; falling back to one sample per backward pass (exact, slower)", stacklevel=2
-                    )
-                    ctx.zero_grads()
-                    hooks.remove()
-                    hooks, one_at_a_time = _AbsOfBatchGrad(ctx.params), True
-            if one_at_a_time:
-                for k in range(B):
-                    ctx.backward(_loss(ctx.model, slice_batch(x, k, k + 1), config))
-            n_samples += B
-            n_batches += 1
-            ctx.progress(B)
-    finally:
-        hooks.remove()
-    return ImportanceSums(ctx.read_grads(), n_samples, n_batches)
+
+    def loss(batch: Batch) -> torch.Tensor:  # sum_k l(F(x_k)) over the batch's samples
+        return _loss(ctx.model, to_device(inputs_of(batch), ctx.device), ctx.config)
+
+    if ctx.config.abs_mode == "per_sample":
+        return accumulate_per_sample(ctx, batches, loss, torch.abs)  # Eq. 2, |.| per sample
+    return accumulate_per_batch(ctx, batches, loss, torch.abs)
