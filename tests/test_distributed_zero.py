@@ -58,31 +58,36 @@ def check(proc: subprocess.CompletedProcess | subprocess.Popen, log: Path) -> No
         )
 
 
+def run_logged(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
+    with log.open("w") as f:
+        return subprocess.run(cmd, cwd=ROOT, env=env(), stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory):
     """out directory per configuration, each launched once on first use."""
     base = tmp_path_factory.mktemp("mas_dist")
     done: dict[str, Path] = {}
 
-    def get(mode: str) -> Path:
-        if mode in done:
-            return done[mode]
-        out, log = base / mode, base / f"{mode}.log"
+    def command(mode: str, out: Path) -> list[str]:
         kind, _, variant = mode.partition("_")
         extra = ["--lora", "--bf16-storage"] if variant == "lora" else []
         if mode in ("zero2", "zero3"):
             extra = ["--resume-check", "--load-check", str(get("single") / "omega")]
         if kind == "single":
-            cmd = [sys.executable, SCRIPT, "--out", str(out), *extra]
-        else:
-            cmd = [*launch_cmd(CONFIGS[kind], free_port()), SCRIPT, "--out", str(out), *extra]
-        with log.open("w") as f:
-            proc = subprocess.run(
-                cmd, cwd=ROOT, env=env(), stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT
-            )
-        check(proc, log)
-        done[mode] = out
-        return out
+            return [sys.executable, SCRIPT, "--out", str(out), *extra]
+        return [*launch_cmd(CONFIGS[kind], free_port()), SCRIPT, "--out", str(out), *extra]
+
+    def get(mode: str) -> Path:
+        if mode not in done:
+            out, log = base / mode, base / f"{mode}.log"
+            proc = run_logged(command(mode, out), log)
+            if proc.returncode != 0 and "address already in use" in log.read_text().lower():
+                log.rename(base / f"{mode}.port_clash.log")  # another launch took the free port first
+                proc = run_logged(command(mode, out), log)
+            check(proc, log)
+            done[mode] = out
+        return done[mode]
 
     return get
 
