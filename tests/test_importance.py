@@ -128,3 +128,20 @@ def test_model_mode_and_grads_restored():
     compute_importance(model, [torch.randn(3, 6)], show_progress=False)
     assert model.training
     assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))
+
+
+def test_tied_embedding_with_hidden_state_output_stays_batched():
+    """output='hidden_states': the tied lm_head use of wte gets no gradient; still exact, no fallback."""
+    model, data = tiny_gpt2(), padded_lm_batch(n=4)
+    model.eval()
+    ref = {}
+    for x in split_samples(data):
+        h = model(**x, output_hidden_states=True).hidden_states[-1][0][x["attention_mask"][0].bool()]
+        gs = torch.autograd.grad((h**2).sum(), list(model.parameters()), allow_unused=True)
+        for (n, p), g in zip(model.named_parameters(), gs):
+            g = torch.zeros_like(p) if g is None else g
+            ref[n] = ref.get(n, 0) + g.abs() / 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        omega = compute_importance(model, [data], MASConfig(output="hidden_states"), show_progress=False)
+    assert_close(omega, ref)

@@ -285,13 +285,21 @@ class PerSampleAbsGrad:
         ps.add_to(self.pending[pid])
         self.arrived[pid] = self.arrived.get(pid, 0) + 1
         if self.arrived[pid] == self.uses[pid]:
-            buf = self.pending.pop(pid)
-            signed = buf.sum(0) if self.check else None
-            self.result[pid] = (reduce_samples(buf, self.transform), signed)
+            self._finalize(pid)
+
+    def _finalize(self, pid: int) -> None:
+        buf = self.pending.pop(pid)
+        signed = buf.sum(0) if self.check else None
+        self.result[pid] = (reduce_samples(buf, self.transform), signed)
 
     # backward, at the parameter: hand autograd sum_k |g_k| (or fn(g_k)) instead of sum_k g_k
     def _on_param_grad(self, pid: int, grad: torch.Tensor) -> torch.Tensor:
         name = self.names[pid]
+        if pid in self.pending:
+            # Some uses never got a gradient (a tied lm_head whose logits the loss does not use):
+            # their contribution is zero, and every one that will arrive has, since this
+            # parameter's gradient depends on all of them.
+            self._finalize(pid)
         if pid in self.result and pid not in self.unattributed:
             transformed, signed = self.result.pop(pid)
             if signed is not None:
