@@ -150,12 +150,24 @@ class LocalShards:
         """Drop the accumulated gradients, as the engine's step would, without updating anything."""
         opt = self.engine.optimizer
         opt.zero_grad(set_to_none=True)
-        if self.stage == 3:  # re-partition what a forward outside the engine left gathered (tied weights)
+        if self.stage == 3:
+            # re-partition what a forward outside the engine left gathered (tied weights)
             opt.parameter_offload.get_param_coordinator().release_and_reset_all(self.engine.module)
+            self._zero_grad_partitions()
         else:  # ZeRO-1/2 keep the reduced partition until their step consumes it
             for i in list(opt.averaged_gradients):
                 opt.averaged_gradients[i] = None
                 opt.all_grad_tensors[i] = None
+
+    def _zero_grad_partitions(self) -> None:
+        """ZeRO-3 overwrites a gradient partition only when a backward reaches the parameter: zero
+        ours, so that one no backward reaches reads 0 rather than an earlier step's gradient."""
+        from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
+
+        for p in self.params.values():
+            g = safe_get_local_grad(p)
+            if g is not None:
+                safe_set_local_grad(p, torch.zeros_like(g))
 
     def loss_scale(self) -> float:
         """The fp16 loss scale the local gradients still carry (1 in fp32 and bf16)."""

@@ -51,9 +51,6 @@ def test_two_ranks_equal_one_process(outputs, method, mode):
             )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="sharding: a ZeRO-3 parameter no backward reaches reads a nonzero slice"
-)
 @pytest.mark.parametrize("method", ["mas_hidden", "mas_vector"])
 def test_zero3_unreached_parameter_has_zero_importance(outputs, method):
     single, zero = outputs[method, "z3"]
