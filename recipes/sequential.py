@@ -5,9 +5,11 @@ Usage:
         --config recipes/configs/demo.yaml [--key value ...]
 
 The YAML file gives defaults for every argument (the dataclasses below and transformers'
-`TrainingArguments`); command-line flags override it. `--method finetune|l2|mas|...` picks the
-method ("finetune" or any key of `masllm.importance.ESTIMATORS`); `--compare finetune,mas,l2=0.01`
-runs several on the same sequence (a `=value` sets that run's lambda) and puts them in one report.
+`TrainingArguments`); command-line flags override it. `--method finetune|l2|mas|si|lwf|...` picks
+the method (see `methods()`: "finetune", any key of `masllm.importance.ESTIMATORS`, "lwf",
+"mean_imm", "mode_imm"); `--compare finetune,mas,l2=0.01` runs several on the same sequence (a
+`=value` sets that run's strength, lambda) and puts them in one report. What a method adds to the
+loop (its trainer, callbacks, post-task step) is its entry in `METHODS`.
 
 The loop is the MAS paper's procedure (Aljundi et al., ECCV 2018, Sec. 4.2), one task at a time:
   1. train task k with a new MASTrainer: L_k + lambda sum Omega (theta - theta*)^2 (Eq. 3);
@@ -15,21 +17,28 @@ The loop is the MAS paper's procedure (Aljundi et al., ECCV 2018, Sec. 4.2), one
      theta* <- the weights after task k;
   3. evaluate every task, seen or to come: row k of R;
   4. save model + Omega + that row under output_dir/<method>/<k>-<task>/.
+Methods without Omega or with more steps plug in through their `METHODS` entry: SI records its
+importance during step 1 (a callback), LwF's step 1 adds distillation to the model before the task,
+IMM (l2 training) evaluates in step 3 the merge of task models 0..k and saves it in <k>-<task>/imm/.
 Rerunning the same command resumes: finished tasks are skipped, an unfinished one continues from
-its last Trainer checkpoint, and the report is the same as an uninterrupted run's. The first task
-has no penalty whatever the method, so with --compare it is trained once and shared.
+its last Trainer checkpoint, and the report is the same as an uninterrupted run's (SI: an
+unfinished task is trained again from its start, its path integral lives in memory). The first
+task has no penalty whatever the method, so with --compare it is trained once and shared (SI
+trains its own).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -37,19 +46,72 @@ from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 import masllm
-from masllm import MASConfig, MASTrainer, Omega, compute_importance
-from masllm.checkpoint import CONFIG_NAME, OMEGA_NAME, atomic_write_text, load_tensors
+from masllm import LwFTrainer, MASConfig, MASTrainer, Omega, SynapticIntelligence, compute_importance
+from masllm.checkpoint import CONFIG_NAME, OMEGA_NAME, atomic_write_text, load_tensors, save_tensors
 from masllm.data import TASK_KINDS, Task, TaskSequence, evaluate_with_trainer
 from masllm.report import RunResult, build_report, format_report, write_report
 
 logger = logging.getLogger("masllm.recipes.sequential")
 FINETUNE = "finetune"
 ROW_FILE = "eval_row.json"  # written last: its presence marks a finished task
+IMM_DIR = "imm"  # <k>-<task>/imm/: IMM's merged model of tasks 0..k (the task's own model is <k>-<task>/)
+IMM_FISHER = "imm_fisher"  # <k>-<task>/imm_fisher.safetensors: task k's diagonal Fisher (mode-IMM)
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods: what each one adds to the loop (the one place where they differ)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """How a method plugs into the loop. The default, `Method(estimator=name)`, is a penalty method:
+    MASTrainer with lambda sum Omega (theta - theta*)^2 (Eq. 3), Omega from that estimator."""
+
+    estimator: str | None  # MASConfig.method of Omega, estimated after each task (None: no Omega)
+    trainer_class: type[MASTrainer] = MASTrainer  # for tasks k >= 1 (task 0 has nothing to keep)
+    callbacks: Callable[[MASConfig], list[TrainerCallback]] = lambda config: []
+    strength: str = "reg_lambda"  # the MASConfig field that `--compare name=value` sets
+    fixed: dict[str, Any] = field(default_factory=dict)  # MASConfig fields the method requires
+    imm: Literal["mean", "mode"] | None = None  # row k evaluates the IMM merge of task models 0..k
+    records_training: bool = False  # importance recorded while training: never resumed nor shared
+    deepspeed: bool = True  # runs under DeepSpeed ZeRO
+
+
+# Methods that differ from `Method(estimator=name)`; every other key of ESTIMATORS is that.
+METHODS: dict[str, Method] = {
+    FINETUNE: Method(estimator=None),
+    # Online EWC (Schwarz et al. 2018): EWC's Fisher merged by F <- gamma F + F_new, gamma = merge_decay.
+    "online_ewc": Method(estimator="online_ewc", fixed={"merge": "decay"}),
+    # SI (Zenke et al. 2017): the path integral is recorded by a callback during training (masllm/si.py);
+    # it reads full gradients around each optimizer step, which ZeRO partitions.
+    "si": Method(
+        estimator="si",
+        callbacks=lambda config: [SynapticIntelligence(config)],
+        records_training=True,
+        deepspeed=False,
+    ),
+    # LwF (Li & Hoiem 2016): no Omega; distillation to a frozen copy of the model before the task,
+    # weight lambda_o = lwf_weight (masllm/lwf.py).
+    "lwf": Method(estimator=None, trainer_class=LwFTrainer, strength="lwf_weight"),
+    # IMM (Lee et al. 2017): L2-transfer training (the l2 method), then the task models are merged:
+    # mean (Eq. 3) or mode with each task's diagonal Fisher (Eq. 7) (masllm/imm.py).
+    "mean_imm": Method(estimator="l2", imm="mean", deepspeed=False),
+    "mode_imm": Method(estimator="l2", imm="mode", deepspeed=False),
+}
 
 
 def methods() -> list[str]:
-    """Every method the recipe can run: plain fine-tuning plus each registered importance estimator."""
-    return [FINETUNE, *masllm.ESTIMATORS]
+    """Every method the recipe can run: the table above plus each registered importance estimator."""
+    extra = [m for m in METHODS if m != FINETUNE and m not in masllm.ESTIMATORS]
+    return [FINETUNE, *masllm.ESTIMATORS, *extra]
+
+
+def method_of(name: str) -> Method:
+    """The wiring of method `name` (ValueError listing every accepted name when unknown)."""
+    if name in METHODS:
+        return METHODS[name]
+    if name in masllm.ESTIMATORS:
+        return Method(estimator=name)
+    raise ValueError(f"Unknown method {name!r}; known methods are {methods()}")
 
 
 @dataclass
@@ -97,7 +159,8 @@ class ContinualArguments(MASConfig):
     method: str = field(
         default="mas",
         metadata={
-            "help": "'finetune' (no penalty) or an importance estimator of masllm.importance.ESTIMATORS."
+            "help": "'finetune' (no penalty), an importance estimator of masllm.importance.ESTIMATORS "
+            "(mas, l2, ewc, online_ewc, lmas, mas_vector, spp, si), 'lwf', 'mean_imm' or 'mode_imm'."
         },
     )
     compare: str | None = field(
@@ -107,7 +170,9 @@ class ContinualArguments(MASConfig):
     plots: bool = field(default=True, metadata={"help": "Write PNG plots beside report.json."})
 
     def validate(self) -> None:
-        """Each run must name a known method; the other fields are checked as a MASConfig."""
+        """Each run must name a known method (--method too, even when --compare overrides it);
+        the other fields are checked as a MASConfig."""
+        method_of(self.method)
         for method, reg_lambda in self.runs():
             self.mas_config(method, reg_lambda)
 
@@ -117,26 +182,45 @@ class ContinualArguments(MASConfig):
         out = []
         for spec in (s.strip() for s in specs):
             method, _, value = spec.partition("=")
-            if method not in methods():
-                raise ValueError(f"Unknown method {method!r}; known methods are {methods()}")
+            method_of(method)  # raises on an unknown name
             try:
                 out.append((method, float(value) if value else None))
             except ValueError:
                 raise ValueError(
-                    f"compare entry {spec!r}: the part after '=' must be a number (lambda)"
+                    f"compare entry {spec!r}: the part after '=' must be a number (the strength)"
                 ) from None
         if len({self.run_name(m, v) for m, v in out}) != len(out):
             raise ValueError(f"compare lists a run twice: {self.compare!r}")
         return out
 
-    def mas_config(self, method: str, reg_lambda: float | None) -> MASConfig | None:
-        """The MASConfig of one run (None for finetune: no importance, no penalty)."""
+    def mas_config(self, method: str, strength: float | None) -> MASConfig | None:
+        """The MASConfig of one run (None for finetune: no importance, no penalty). Without an
+        Omega (LwF) the estimator named is unused; the other fields still apply (LwF's T)."""
+        wiring = method_of(method)
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(MASConfig)}
-        values.update(method=method if method != FINETUNE else "mas")
-        if reg_lambda is not None:
-            values["reg_lambda"] = reg_lambda
+        values["method"] = wiring.estimator or "mas"
+        defaults = MASConfig()
+        for name, required in wiring.fixed.items():
+            if values[name] not in (required, getattr(defaults, name)):
+                raise ValueError(
+                    f"Method {method!r} needs {name}={required!r} (set by the recipe); "
+                    f"--{name} {values[name]!r} conflicts with it"
+                )
+            values[name] = required
+        if strength is not None:
+            values[wiring.strength] = strength
         config = MASConfig(**values)
         return None if method == FINETUNE else config
+
+    def check_backend(self, deepspeed: bool) -> None:
+        """Before any training: every run's method must work with the chosen backend."""
+        for method, _ in self.runs():
+            if deepspeed and not method_of(method).deepspeed:
+                raise ValueError(
+                    f"Method {method!r} does not run under DeepSpeed ZeRO (si: its callback reads full "
+                    "gradients and weights around each optimizer step; mean_imm/mode_imm: they load "
+                    "merged full weights into the model). Use a single-process or DDP accelerate config."
+                )
 
     @staticmethod
     def run_name(method: str, reg_lambda: float | None) -> str:
@@ -165,6 +249,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, ...]:
             raise ValueError(f"{known.config}: unknown keys {unknown}")
     if not torch.cuda.is_available() and "--use_cpu" not in rest:
         defaults.setdefault("use_cpu", True)  # else each CPU rank trains alone (DESIGN.md)
+    if _given(rest, "--method") and not _given(rest, "--compare"):
+        defaults.pop("compare", None)  # a --method flag overrides the file's compare too
     parser.set_defaults(**defaults)
     model_args, data_args, cl_args, training_args = parser.parse_args_into_dataclasses(args=rest)
     model_args.model_config = _structured(model_args.model_config)
@@ -174,7 +260,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, ...]:
     if data_args.kind not in TASK_KINDS:
         raise ValueError(f"Unknown kind {data_args.kind!r}; known kinds are {sorted(TASK_KINDS)}")
     data_args.cache_dir = data_args.cache_dir or str(Path(training_args.output_dir) / "cache")
+    cl_args.check_backend(deepspeed=training_args.deepspeed_plugin is not None)
     return model_args, data_args, cl_args, training_args
+
+
+def _given(argv: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
 def _structured(value: Any) -> Any:
@@ -187,6 +278,7 @@ def _structured(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 def run_sequence(
     seq: TaskSequence,
+    method: Method,
     mas_config: MASConfig | None,
     base_args: TrainingArguments,
     run_dir: Path,
@@ -203,15 +295,17 @@ def run_sequence(
             previous = step_dir
             continue
         model = seq.model_init(str(previous) if previous else None)
-        omega = _load_omega(previous, model, mas_config)
+        omega = _load_omega(previous, model, mas_config) if method.estimator else None
 
         # 1. Learn task k under the penalty of tasks < k (Eq. 3); continue from a checkpoint if any
         #    (this task's, or for task 0 another method's: no penalty yet, the same training).
-        checkpoint = _resume_point(step_dir, k, shared_first)
-        step_callbacks = list(callbacks or [])
+        #    A method recording its importance during training (SI) always trains the whole task.
+        checkpoint = None if method.records_training else _resume_point(step_dir, k, shared_first)
+        step_callbacks = [*(callbacks or []), *method.callbacks(mas_config)]
         if checkpoint is not None and _training_finished(checkpoint):
             step_callbacks.append(NoUpdate())
-        trainer = MASTrainer(
+        trainer_class = method.trainer_class if k > 0 else MASTrainer
+        trainer = trainer_class(
             model=model,
             args=_step_args(base_args, step_dir, task),
             train_dataset=task.train_dataset,
@@ -225,7 +319,7 @@ def run_sequence(
         trainer.train(resume_from_checkpoint=checkpoint)
 
         # 2. Omega_k on the task's unlabeled data (Eq. 2), accumulated (Sec. 4.2); theta* <- theta.
-        if mas_config is not None:
+        if method.estimator is not None:
             new = compute_importance(
                 trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model,  # ZeRO: the engine
                 task.importance_dataset,
@@ -236,8 +330,13 @@ def run_sequence(
             )
             trainer.omega.merge(new)
 
-        # 3. Row k of R: every task, seen or to come.
-        row = {t.name: evaluate(trainer, t) for t in seq.tasks}
+        # 3. Row k of R: every task, seen or to come (IMM: with the merge of task models 0..k).
+        with (
+            imm_merged(trainer, seq, run_dir, k, mas_config, method.imm)
+            if method.imm
+            else contextlib.nullcontext()
+        ):
+            row = {t.name: evaluate(trainer, t) for t in seq.tasks}
 
         # 4. Model + Omega (MASTrainer._save writes it), then the row: the task is done.
         trainer.save_model(str(step_dir))
@@ -247,6 +346,59 @@ def run_sequence(
         rows.append(row)
         previous = step_dir
     return rows
+
+
+@contextlib.contextmanager
+def imm_merged(
+    trainer: MASTrainer,
+    seq: TaskSequence,
+    run_dir: Path,
+    k: int,
+    config: MASConfig,
+    kind: Literal["mean", "mode"],
+) -> Iterator[None]:
+    """IMM (Lee et al. 2017): the model holds the merge of task models 0..k while the block runs
+    (mean-IMM Eq. 3, mode-IMM Eq. 7 with each task's diagonal Fisher, alpha_t = 1/(k+1)); the merge
+    is then saved under <k>-<task>/imm/ and task k's own weights are put back: the next task starts
+    from them (IMM's transfer) and later merges read them from <k>-<task>/."""
+    model, task = trainer.model, seq.tasks[k]
+    step_dirs = [run_dir / f"{t}-{seq.tasks[t].name}" for t in range(k + 1)]
+    own = _trainable_state(model)
+    states = [_trainable_state(seq.model_init(str(d))) for d in step_dirs[:k]] + [own]
+    if kind == "mode":
+        fisher = compute_importance(
+            model,
+            task.importance_dataset,
+            dataclasses.replace(config, method="ewc"),
+            task_name=task.name,
+            collate_fn=task.data_collator,
+            show_progress=trainer.is_world_process_zero(),
+        )
+        fisher_k = {n: fisher[n] for n in own}
+        if trainer.is_world_process_zero():
+            save_tensors(fisher_k, step_dirs[k], IMM_FISHER)
+        fishers = [load_tensors(d, IMM_FISHER) for d in step_dirs[:k]] + [fisher_k]
+        merged = masllm.mode_imm(states, fishers) if k > 0 else own  # one model: itself, unrounded
+    else:
+        merged = masllm.mean_imm(states)
+    _copy_into(model, merged)
+    try:
+        yield
+        trainer.save_model(str(step_dirs[k] / IMM_DIR))
+    finally:
+        _copy_into(model, own)
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters (what IMM merges; tied weights once)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _copy_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in state:
+                p.copy_(state[n])
 
 
 def _load_omega(previous: Path | None, model: torch.nn.Module, mas_config: MASConfig | None) -> Omega | None:
@@ -314,13 +466,13 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     seq = TASK_KINDS[data_args.kind](model_args, data_args, training_args)
     output_dir = Path(training_args.output_dir)
     results, omegas, first_dir = [], {}, None
-    for method, reg_lambda in cl_args.runs():
-        name = cl_args.run_name(method, reg_lambda)
-        mas_config = cl_args.mas_config(method, reg_lambda)
+    for method, strength in cl_args.runs():
+        name = cl_args.run_name(method, strength)
+        wiring, mas_config = method_of(method), cl_args.mas_config(method, strength)
         run_dir = output_dir / name
-        rows = run_sequence(seq, mas_config, training_args, run_dir, first_dir, callbacks)
+        rows = run_sequence(seq, wiring, mas_config, training_args, run_dir, first_dir, callbacks)
         first_dir = first_dir or run_dir / f"0-{seq.tasks[0].name}"
-        lam = mas_config.reg_lambda if mas_config else None
+        lam = getattr(mas_config, wiring.strength) if mas_config else None
         results.append(RunResult(name=name, method=method, reg_lambda=lam, rows=rows))
         last = run_dir / f"{len(seq.tasks) - 1}-{seq.tasks[-1].name}"
         if mas_config is not None and (last / CONFIG_NAME).is_file():
