@@ -54,6 +54,7 @@ class MASTrainer(Trainer):
                 omega = Omega(config=MASConfig.from_dict(load_meta(Path(omega))["config"]))
             else:
                 omega = Omega.from_pretrained(omega, model=self.model)
+        self._config_given = mas_config is not None  # an explicit config wins over a loaded Omega's
         self.mas_config = mas_config or (omega.config if omega is not None else MASConfig())
         self.omega = omega if omega is not None else Omega(config=self.mas_config)
         if not self.omega.is_empty:
@@ -133,8 +134,7 @@ class MASTrainer(Trainer):
         source = self._resume_dir if resumed else self._omega_dir
         if source:
             loaded = load_omega_shards(source, local.shards, local.values())
-            self.omega.__dict__.update(loaded.__dict__)  # same object: callers' references stay valid
-            self.mas_config = self.omega.config
+            self._adopt(loaded)
         elif not self.omega.is_sharded:
             self.omega.reshard(local.shards)
         elif any(self.omega.shards[n] != s for n, s in local.shards.items() if n in self.omega.shards):
@@ -212,6 +212,12 @@ class MASTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         if (Path(resume_from_checkpoint) / CONFIG_NAME).is_file():
-            loaded = Omega.from_pretrained(resume_from_checkpoint, model=self.model)
-            self.omega.__dict__.update(loaded.__dict__)  # same object: callers' references stay valid
+            self._adopt(Omega.from_pretrained(resume_from_checkpoint, model=self.model))
             self._penalty_terms = None
+
+    def _adopt(self, loaded: Omega) -> None:
+        """Take a checkpoint's Omega into `self.omega` (the same object: callers' references stay
+        valid); its config applies only where the trainer was given none."""
+        self.omega.__dict__.update(loaded.__dict__)
+        if not self._config_given:
+            self.mas_config = self.omega.config

@@ -59,3 +59,15 @@ def test_resume_restores_omega_and_matches_uninterrupted_run(tmp_path):
     for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(p, q, msg=n)
     assert any("mas_penalty" in h for h in resumed.state.log_history)
+
+
+def test_resume_without_config_takes_the_checkpoints(tmp_path):
+    omega = random_omega(tiny_gpt2(seed=1), seed=3)
+    omega.config = MASConfig(reg_lambda=3.0)
+    full = trainer_for(tmp_path / "full", omega, max_steps=3)
+    full.train()
+    args = full.args
+    args.output_dir = str(tmp_path / "again")
+    again = MASTrainer(tiny_gpt2(seed=1), args, train_dataset=TokenTask(n=32))  # neither config nor Omega
+    again.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    assert again.mas_config.reg_lambda == 3.0 and again.penalty_active
