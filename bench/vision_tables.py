@@ -241,14 +241,14 @@ def summaries(results: list[dict], reference: list[float] | None = None) -> list
 def print_rows(title: str, rows: list[tuple[str, list[dict] | None, dict]], cols: list[str]) -> None:
     print(f"\n{title}")
     head = (
-        f"{'method':<26}" + "".join(f"{c.upper() + ' ours':>17}{'paper':>8}" for c in cols) + f"{'s/seed':>9}"
+        f"{'method':<34}" + "".join(f"{c.upper() + ' ours':>17}{'paper':>8}" for c in cols) + f"{'s/seed':>9}"
     )
     print(head)
     for label, res, published in rows:
         if res is None:
-            print(f"{label:<26}  missing (method not registered in masllm yet)")
+            print(f"{label:<34}  missing (method not registered in masllm yet)")
             continue
-        line = f"{label:<26}"
+        line = f"{label:<34}"
         for c in cols:
             vals = [r[c] for r in res if r.get(c) is not None]
             pub = published.get(c)
