@@ -73,7 +73,8 @@ class Method:
     fixed: dict[str, Any] = field(default_factory=dict)  # MASConfig fields the method requires
     imm: Literal["mean", "mode"] | None = None  # row k evaluates the IMM merge of task models 0..k
     records_training: bool = False  # importance recorded while training: never resumed nor shared
-    deepspeed: bool = True  # runs under DeepSpeed ZeRO
+    zero_stages: tuple[int, ...] = (0, 1, 2, 3)  # the DeepSpeed ZeRO stages it runs under
+    zero_note: str = ""  # why not under the others
 
 
 # Methods that differ from `Method(estimator=name)`; every other key of ESTIMATORS is that.
@@ -81,21 +82,34 @@ METHODS: dict[str, Method] = {
     FINETUNE: Method(estimator=None),
     # Online EWC (Schwarz et al. 2018): EWC's Fisher merged by F <- gamma F + F_new, gamma = merge_decay.
     "online_ewc": Method(estimator="online_ewc", fixed={"merge": "decay"}),
-    # SI (Zenke et al. 2017): the path integral is recorded by a callback during training (masllm/si.py);
-    # it reads full gradients around each optimizer step, which ZeRO partitions.
+    # SI (Zenke et al. 2017): the path integral is recorded by a callback during training (masllm/si.py).
     "si": Method(
         estimator="si",
         callbacks=lambda config: [SynapticIntelligence(config)],
         records_training=True,
-        deepspeed=False,
+        zero_stages=(),
+        zero_note="its callback reads full gradients and weights around each optimizer step (masllm/si.py)",
     ),
     # LwF (Li & Hoiem 2016): no Omega; distillation to a frozen copy of the model before the task,
     # weight lambda_o = lwf_weight (masllm/lwf.py).
-    "lwf": Method(estimator=None, trainer_class=LwFTrainer, strength="lwf_weight"),
+    "lwf": Method(
+        estimator=None,
+        trainer_class=LwFTrainer,
+        strength="lwf_weight",
+        zero_stages=(0, 1, 2),
+        zero_note="its teacher, a copy of the model, would hold ZeRO-3's empty parameter placeholders",
+    ),
     # IMM (Lee et al. 2017): L2-transfer training (the l2 method), then the task models are merged:
     # mean (Eq. 3) or mode with each task's diagonal Fisher (Eq. 7) (masllm/imm.py).
-    "mean_imm": Method(estimator="l2", imm="mean", deepspeed=False),
-    "mode_imm": Method(estimator="l2", imm="mode", deepspeed=False),
+    **{
+        f"{kind}_imm": Method(
+            estimator="l2",
+            imm=kind,
+            zero_stages=(),
+            zero_note="the merge is loaded into the model's full (unpartitioned) parameters",
+        )
+        for kind in ("mean", "mode")
+    },
 }
 
 
@@ -212,14 +226,14 @@ class ContinualArguments(MASConfig):
         config = MASConfig(**values)
         return None if method == FINETUNE else config
 
-    def check_backend(self, deepspeed: bool) -> None:
-        """Before any training: every run's method must work with the chosen backend."""
+    def check_backend(self, zero_stage: int | None) -> None:
+        """Before any training: every run's method must run under the DeepSpeed ZeRO stage (None: none)."""
         for method, _ in self.runs():
-            if deepspeed and not method_of(method).deepspeed:
+            wiring = method_of(method)
+            if zero_stage is not None and zero_stage not in wiring.zero_stages:
                 raise ValueError(
-                    f"Method {method!r} does not run under DeepSpeed ZeRO (si: its callback reads full "
-                    "gradients and weights around each optimizer step; mean_imm/mode_imm: they load "
-                    "merged full weights into the model). Use a single-process or DDP accelerate config."
+                    f"Method {method!r} does not run under DeepSpeed ZeRO-{zero_stage}: {wiring.zero_note}. "
+                    f"ZeRO stages it runs under: {list(wiring.zero_stages) or 'none'} (DDP and one process: all)."
                 )
 
     @staticmethod
@@ -260,7 +274,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, ...]:
     if data_args.kind not in TASK_KINDS:
         raise ValueError(f"Unknown kind {data_args.kind!r}; known kinds are {sorted(TASK_KINDS)}")
     data_args.cache_dir = data_args.cache_dir or str(Path(training_args.output_dir) / "cache")
-    cl_args.check_backend(deepspeed=training_args.deepspeed_plugin is not None)
+    plugin = training_args.deepspeed_plugin
+    cl_args.check_backend(zero_stage=int(plugin.zero_stage) if plugin is not None else None)
     return model_args, data_args, cl_args, training_args
 
 

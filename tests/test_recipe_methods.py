@@ -8,9 +8,11 @@ evaluated by a plain loop; SI's Omega sum checked against the per-task files.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from test_recipe import _R, _argv, _reference_metrics, recipe
+from test_recipe import _R, _argv, _launch, _reference_metrics, recipe
 from transformers import AutoModelForCausalLM
 
 from masllm import MASConfig, compute_importance, mode_imm
@@ -101,10 +103,32 @@ def test_method_names_and_their_requirements(tmp_path):
     assert (config.merge, config.merge_decay) == ("decay", 0.8)
     with pytest.raises(ValueError, match="'online_ewc' needs merge='decay'"):
         recipe.parse_args(_argv(tmp_path, "--method", "online_ewc", "--merge", "ema"))
-    # SI under DeepSpeed: refused before any training.
-    cl_args = recipe.parse_args(_argv(tmp_path, "--compare", "finetune,si"))[2]
-    cl_args.check_backend(deepspeed=False)
-    with pytest.raises(ValueError, match="'si' does not run under DeepSpeed"):
-        cl_args.check_backend(deepspeed=True)
+    # SI (any ZeRO stage) and LwF (ZeRO-3) under DeepSpeed: refused before any training.
+    cl_args = recipe.parse_args(_argv(tmp_path, "--compare", "finetune,lwf,si"))[2]
+    cl_args.check_backend(zero_stage=None)
+    with pytest.raises(ValueError, match="'si' does not run under DeepSpeed ZeRO-2: its callback"):
+        cl_args.check_backend(zero_stage=2)
+    cl_args = recipe.parse_args(_argv(tmp_path, "--compare", "finetune,lwf"))[2]
+    cl_args.check_backend(zero_stage=2)
+    with pytest.raises(ValueError, match="'lwf' does not run under DeepSpeed ZeRO-3"):
+        cl_args.check_backend(zero_stage=3)
     # `=value` sets LwF's lambda_o.
     assert cl_args.mas_config("lwf", 0.25).lwf_weight == 0.25
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one(methods_run, tmp_path):
+    """DDP, 2 ranks x 4 samples: SI's callback, LwF's teacher and the IMM merge give the same report."""
+    _, expected = methods_run
+    result = _launch(
+        "accelerate_configs/cpu_ddp.yaml",
+        tmp_path,
+        "--compare",
+        ",".join(RUNS),
+        "--per_device_train_batch_size",
+        "4",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    for run in RUNS:
+        torch.testing.assert_close(_R(report, run), _R(expected, run), rtol=1e-4, atol=0)
