@@ -9,11 +9,12 @@ evaluated by a plain loop; SI's Omega sum checked against the per-task files.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 from test_recipe import _R, _argv, _launch, _reference_metrics, recipe
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from masllm import MASConfig, compute_importance, mode_imm
 from masllm.checkpoint import OMEGA_NAME, load_tensors
@@ -59,6 +60,28 @@ def test_si_omega_is_recorded_and_summed(methods_run):
     increments = [final[n] - first[n] for n in final]
     assert all((d >= -1e-6 * final[n].abs().max()).all() for d, n in zip(increments, final))
     assert sum(d.sum().item() for d in increments) > 0
+
+
+class InterruptSI(TrainerCallback):
+    """Stop the SI run in the middle of task 1, after its first checkpoint (save_steps = 3)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if "si/1-" in args.output_dir.replace(os.sep, "/") and state.global_step == 4:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_si_task_interrupted_is_trained_again_whole(methods_run, tmp_path):
+    """SI's path integral lives in memory: rerunning retrains the unfinished task from its start
+    (resuming at step 3 would integrate only steps 4-6), giving the uninterrupted Omega and R."""
+    out, expected = methods_run
+    with pytest.raises(KeyboardInterrupt):
+        recipe.main(_argv(tmp_path, "--compare", "finetune,si"), callbacks=[InterruptSI()])
+    assert (tmp_path / "si" / "1-code" / "checkpoints" / "checkpoint-3").is_dir()
+    resumed = recipe.main(_argv(tmp_path, "--compare", "finetune,si"))
+    torch.testing.assert_close(_R(resumed, "si"), _R(expected, "si"), rtol=1e-5, atol=0)
+    omega, reference = (load_tensors(d / "si" / "1-code", OMEGA_NAME) for d in (tmp_path, out))
+    for n, value in reference.items():
+        torch.testing.assert_close(omega[n], value, rtol=1e-4, atol=1e-8)
 
 
 def test_mode_imm_is_the_fisher_weighted_mean_of_the_task_models(methods_run):
