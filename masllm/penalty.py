@@ -24,27 +24,28 @@ def add_penalty_grad_(
     anchors: Sequence[torch.Tensor],
     weight: float,
     grad_scale: float = 1.0,
-) -> torch.Tensor:
-    """grads += grad_scale * 2 * weight * Omega * (theta - theta*), in place; return the penalty value.
+) -> None:
+    """grads += grad_scale * 2 * weight * Omega * (theta - theta*), in place: two fused passes.
 
     `grad_scale` is the loss scale of fp16 training (gradients are still scaled when this runs).
-    The returned value, `weight * sum Omega (theta - theta*)^2`, is unscaled.
     """
     if not params:
-        return torch.zeros(())
+        return
     diff = torch._foreach_sub(list(params), list(anchors))  # theta - theta*
-    weighted = torch._foreach_mul(diff, list(omegas))  # Omega (theta - theta*)
-    torch._foreach_add_(list(grads), weighted, alpha=2.0 * weight * grad_scale)
-    torch._foreach_mul_(diff, weighted)  # Omega (theta - theta*)^2 >= 0, so its l1 norm is its sum
-    return weight * torch.stack(torch._foreach_norm(diff, 1)).sum()
+    torch._foreach_addcmul_(list(grads), list(omegas), diff, value=2.0 * weight * grad_scale)
 
 
+@torch.no_grad()
 def penalty_value(
     params: Sequence[torch.Tensor],
     omegas: Sequence[torch.Tensor],
     anchors: Sequence[torch.Tensor],
     weight: float,
 ) -> torch.Tensor:
-    """weight * sum Omega (theta - theta*)^2, for logging and tests (no gradient is touched)."""
-    with torch.no_grad():
-        return weight * sum(((p - a).pow(2) * o).sum() for p, o, a in zip(params, omegas, anchors))
+    """weight * sum Omega (theta - theta*)^2 (Eq. 3's penalty), for the logs; no gradient is touched."""
+    if not params:
+        return torch.zeros(())
+    diff = torch._foreach_sub(list(params), list(anchors))
+    torch._foreach_mul_(diff, diff)
+    torch._foreach_mul_(diff, list(omegas))  # Omega (theta - theta*)^2 >= 0: its l1 norm is its sum
+    return weight * torch.stack(torch._foreach_norm(diff, 1)).sum()

@@ -6,8 +6,8 @@
 The penalty's gradient 2 lambda Omega (theta - theta*) is added once per optimizer step, after the
 task loss's backward of the last micro-batch and before clipping and the optimizer step, so the
 update is exactly that of the loss of Eq. 3 whatever the gradient accumulation or loss
-normalisation. `mas_penalty` (lambda sum Omega (theta - theta*)^2, mean over the steps since the last
-log) joins the training logs. Omega and theta* are saved with every checkpoint and restored by
+normalisation. `mas_penalty` (lambda sum Omega (theta - theta*)^2 at the weights of the logged step)
+joins the training logs. Omega and theta* are saved with every checkpoint and restored by
 `resume_from_checkpoint`.
 
 Under DeepSpeed ZeRO-1/2/3 each rank holds only its slices of Omega and theta* (masllm.sharding):
@@ -33,7 +33,7 @@ from .checkpoint import CONFIG_NAME, load_meta
 from .config import MASConfig
 from .consolidate import load_omega_shards, save_omega_consolidated
 from .omega import Omega
-from .penalty import add_penalty_grad_
+from .penalty import add_penalty_grad_, penalty_value
 
 
 class MASTrainer(Trainer):
@@ -60,8 +60,6 @@ class MASTrainer(Trainer):
         if not self.omega.is_empty:
             self.omega.validate(self.model)
         self._penalty_terms: tuple[list[torch.Tensor], ...] | None = None
-        self._penalty_total = torch.zeros(())
-        self._penalty_steps = 0
         self._local: sharding.LocalShards | None = None  # DeepSpeed ZeRO: this rank's slices
         self._resume_dir: str | None = None
 
@@ -94,11 +92,9 @@ class MASTrainer(Trainer):
                 p.grad = torch.zeros_like(p)
         scaler = getattr(self.accelerator, "scaler", None)
         grad_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-        value = add_penalty_grad_(
+        add_penalty_grad_(
             theta, [p.grad for p in theta], omegas, anchors, self.mas_config.penalty_weight, grad_scale
         )
-        self._penalty_total = self._penalty_total + value.detach().cpu()
-        self._penalty_steps += 1
 
     # DeepSpeed ZeRO: the penalty on each rank's slices, inside the ZeRO optimizer's step.
     def _wrap_zero_step(self) -> None:
@@ -158,7 +154,7 @@ class MASTrainer(Trainer):
         names = list(self.omega.importance)
         omegas = [o if o.dtype == t.dtype else o.to(t.dtype) for o, t in zip(omegas, theta)]  # bf16 storage
         anchors = [a if a.dtype == t.dtype else a.to(t.dtype) for a, t in zip(anchors, theta)]
-        value = add_penalty_grad_(
+        add_penalty_grad_(
             theta,
             [grads[n] for n in names],
             omegas,
@@ -167,8 +163,6 @@ class MASTrainer(Trainer):
             self._local.loss_scale(),  # local gradients are still scaled by fp16's loss scale
         )
         self._local.commit_grads()
-        self._penalty_total = self._penalty_total + value.detach().cpu()
-        self._penalty_steps += 1
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if self.is_deepspeed_enabled and resume_from_checkpoint:
@@ -191,13 +185,20 @@ class MASTrainer(Trainer):
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._penalty_steps and "loss" in logs:
-            total = self._penalty_total
-            if self.omega.is_sharded:  # each rank holds its slices' part of the sum
-                total = sharding.all_reduce_sum(total)
-            logs["mas_penalty"] = round(float(total) / self._penalty_steps, 8)
-            self._penalty_total, self._penalty_steps = torch.zeros(()), 0
+        if "loss" in logs and self.penalty_active and self._penalty_terms is not None:
+            logs["mas_penalty"] = round(self.penalty(), 8)
         super().log(logs, start_time)
+
+    def penalty(self) -> float:
+        """lambda sum Omega (theta - theta*)^2 at the current weights (logged as `mas_penalty`).
+
+        Computed when logged, not at every step: the step itself only adds the gradient. Under
+        ZeRO every rank must call it (its slices' parts are summed across ranks)."""
+        theta, omegas, anchors = self._penalty_terms
+        omegas = [o.to(t.dtype) for o, t in zip(omegas, theta)]  # bf16 storage
+        anchors = [a.to(t.dtype) for a, t in zip(anchors, theta)]
+        value = penalty_value(theta, omegas, anchors, self.mas_config.penalty_weight).cpu()
+        return float(sharding.all_reduce_sum(value) if self.omega.is_sharded else value)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict=state_dict)
