@@ -83,11 +83,38 @@ class _Rows:
         buf.view(self.batch * self.num_rows, -1).index_add_(0, self.keys, self.vals)
 
 
+class _Outer:
+    """Per-sample gradients g_k x_k^T of a layer that sees one position per sample, kept factored:
+    for |.| and square, sum_k fn(g_k x_k^T) = fn(G)^T fn(X), one matmul and no (B, out, in) tensor."""
+
+    def __init__(self, g: torch.Tensor, x: torch.Tensor) -> None:
+        self.g, self.x = g, x  # (B, out), (B, in)
+
+    def transformed_sum(self, fn: Transform) -> torch.Tensor:
+        if fn in (torch.abs, torch.square):
+            return fn(self.g).T @ fn(self.x)
+        return reduce_samples(self.dense(), fn)
+
+    def sum(self) -> torch.Tensor:
+        return self.g.T @ self.x
+
+    def dense(self) -> torch.Tensor:
+        return self.g[:, :, None] * self.x[:, None, :]
+
+    def add_to(self, buf: torch.Tensor) -> None:
+        buf += self.dense()
+
+
 def _flat(x: torch.Tensor, B: int) -> torch.Tensor:
     return x.reshape(B, -1, x.shape[-1])  # (B, positions, features)
 
 
 def _linear(module: nn.Linear, x: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
+    if g.dim() == 2:  # one position per sample (an MLP): keep g_k x_k^T factored
+        out: dict[str, Any] = {"weight": _Outer(g, x.to(g.dtype))}
+        if module.bias is not None:
+            out["bias"] = _Dense(g.clone())  # a copy: the reduction works in place, g is autograd's
+        return out
     x, g = _flat(x, g.shape[0]), _flat(g, g.shape[0])
     out = {"weight": _Dense(torch.bmm(g.transpose(1, 2), x.to(g.dtype)))}  # (B, out, in)
     if module.bias is not None:
