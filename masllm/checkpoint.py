@@ -120,8 +120,6 @@ def save_omega(
     max_shard_size: int | str = "5GB",
 ) -> None:
     """Validate, then write Omega (+ anchors unless they equal `model`'s weights) and its json."""
-    from . import __version__
-
     omega.validate(model)
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -129,13 +127,20 @@ def save_omega(
     save_tensors(omega.importance, directory, OMEGA_NAME, max_shard_size)
     if omega.anchors and not anchors_in_model:
         save_tensors(omega.anchors, directory, ANCHORS_NAME, max_shard_size)
+    write_meta(omega, directory, "model" if anchors_in_model else ("file" if omega.anchors else "none"))
+
+
+def write_meta(omega: Omega, directory: Path, anchors: str) -> None:
+    """`mas_config.json`: config, tasks, merge state, where theta* is, format and library version."""
+    from . import __version__
+
     meta = {
         "format_version": FORMAT_VERSION,
         "masllm_version": __version__,
         "config": omega.config.to_dict(),
         "tasks": omega.tasks,
         "merge_state": omega.merge_state,
-        "anchors": "model" if anchors_in_model else ("file" if omega.anchors else "none"),
+        "anchors": anchors,
     }
     atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 

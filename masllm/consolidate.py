@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 
-from .checkpoint import ANCHORS_NAME, CONFIG_NAME, FORMAT_VERSION, OMEGA_NAME, atomic_write_text, load_meta
+from .checkpoint import ANCHORS_NAME, OMEGA_NAME, load_meta, write_meta
 from .config import MASConfig
 from .omega import Omega
 from .sharding import Shard, world
@@ -81,8 +81,6 @@ def _stream_safetensors(
 
 def save_omega_consolidated(omega: Omega, save_directory: str | Path) -> None:
     """Write a sharded Omega as full `mas_omega` / `mas_anchors` safetensors + `mas_config.json`."""
-    from . import __version__
-
     omega.validate()
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -97,15 +95,7 @@ def save_omega_consolidated(omega: Omega, save_directory: str | Path) -> None:
             lambda n, t=tensors: _gather_full(t[n], omega.shards[n]),
         )
     if world()[0] == 0:
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "masllm_version": __version__,
-            "config": omega.config.to_dict(),
-            "tasks": omega.tasks,
-            "merge_state": omega.merge_state,
-            "anchors": "file",
-        }
-        atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_meta(omega, directory, "file")
     if world()[1] > 1:
         dist.barrier()  # nobody reads the checkpoint before it is complete
 
