@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,3 +101,37 @@ def padded_lm_batch(n: int = 6, length: int = 10, vocab: int = 50, seed: int = 1
 @pytest.fixture
 def gpt2():
     return tiny_gpt2()
+
+
+class Classifier(nn.Module):
+    """A small classifier returning {"logits", "loss"} the way transformers models do."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+class TeacherTask(Dataset):
+    """Labels from a fixed random linear teacher: two seeds give two conflicting tasks."""
+
+    def __init__(self, seed: int, n: int = 192):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = (self.x @ torch.randn(8, 4, generator=g)).argmax(1)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+    def batches(self, size: int = 64):
+        return [(self.x[i : i + size], self.y[i : i + size]) for i in range(0, len(self.x), size)]

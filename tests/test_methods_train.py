@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import Classifier, TeacherTask
 from torch import nn
-from torch.utils.data import Dataset
 from transformers import TrainerCallback, TrainingArguments
 
 from masllm import (
@@ -20,38 +20,6 @@ from masllm import (
     mean_imm,
     mode_imm,
 )
-
-
-class Classifier(nn.Module):
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
-
-    def forward(self, x, labels=None):
-        logits = self.net(x)
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
-
-
-class TeacherTask(Dataset):
-    """Labels from a fixed random linear teacher: two seeds give two conflicting tasks."""
-
-    def __init__(self, seed: int, n: int = 192):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 8, generator=g)
-        self.y = (self.x @ torch.randn(8, 4, generator=g)).argmax(1)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "labels": self.y[i]}
-
-    def batches(self, size: int = 64):
-        return [(self.x[i : i + size], self.y[i : i + size]) for i in range(0, len(self.x), size)]
 
 
 def args(tmp, epochs: int = 20, lr: float = 0.2, **kw) -> TrainingArguments:

@@ -3,40 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torch.utils.data import Dataset
+from conftest import Classifier, TeacherTask
 from transformers import TrainingArguments
 
 from masllm import MASConfig, MASTrainer, Omega, compute_importance
-
-
-class Classifier(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
-
-    def forward(self, x, labels=None):
-        logits = self.net(x)
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
-
-
-class TeacherTask(Dataset):
-    """Labels from a fixed random linear teacher: two seeds give two conflicting tasks."""
-
-    def __init__(self, seed: int, n: int = 256):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 8, generator=g)
-        self.y = (self.x @ torch.randn(8, 4, generator=g)).argmax(1)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "labels": self.y[i]}
 
 
 def task_loss(model, task):
@@ -61,7 +31,7 @@ def train(model, task, tmp, omega, lam):
 
 
 def run(tmp_path, lam):
-    a, b = TeacherTask(1), TeacherTask(2)
+    a, b = TeacherTask(1, n=256), TeacherTask(2, n=256)
     model = Classifier()
     train(model, a, tmp_path / "a", Omega(), lam)
     after_a = task_loss(model, a)
