@@ -71,7 +71,7 @@ class Lockstep:
             yield batch
 
 
-NO_ENGINE_BACKWARD = ("lmas", "l2")  # forward hooks / counts only: their sums are not reduced slices
+NO_ENGINE_BACKWARD = ("lmas",)  # forward hooks only: its sums are not reduced slices
 
 
 class EngineAccumulator:

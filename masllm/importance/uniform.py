@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 import torch
 
+from .. import sharding
 from .batches import Batch, batch_size
 from .context import ImportanceContext, ImportanceSums
 
@@ -28,6 +29,11 @@ def uniform_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> Impo
         n_samples += B
         n_batches += 1
         ctx.progress(B)
-    denom = n_samples if ctx.config.normalize == "samples" else n_batches
+    counts = (n_samples, n_batches)
+    if ctx.local is not None:
+        # ZeRO: the slices are this rank's part of Omega and are not summed across ranks afterwards,
+        # so they must hold the global counts (the lockstep's own, without its weight-0 repeats)
+        counts = tuple(int(c) for c in sharding.all_reduce_sum([batches.num_samples, batches.num_batches]))
+    denom = counts[0] if ctx.config.normalize == "samples" else counts[1]
     sums = {n: torch.full_like(g, float(denom)) for n, g in ctx.read_grads().items()}
     return ImportanceSums(sums, n_samples, n_batches)

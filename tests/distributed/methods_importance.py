@@ -29,6 +29,7 @@ from masllm import MASConfig, MASTrainer, compute_importance  # noqa: E402
 
 METHODS = {
     "ewc": MASConfig(method="ewc", importance_batch_size=3),
+    "l2": MASConfig(method="l2", importance_batch_size=3),
     "ewc_sampled": MASConfig(method="ewc", ewc_sampled=True, importance_batch_size=3),
     "spp": MASConfig(method="spp", importance_batch_size=3),
     "mas_hidden": MASConfig(
