@@ -101,3 +101,13 @@ def accumulate_per_batch(
     finally:
         hooks.remove()
     return ImportanceSums(ctx.read_grads(), n_samples, n_batches)
+
+
+def count_only(ctx: ImportanceContext, batches: Iterable[Batch]) -> tuple[int, int]:
+    """(samples, batches) of an estimator that needs no forward pass (L2, SI), with progress."""
+    n_samples = n_batches = 0
+    for batch in batches:
+        B = batch_size(batch)
+        n_samples, n_batches = n_samples + B, n_batches + 1
+        ctx.progress(B)
+    return n_samples, n_batches

@@ -10,18 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..si import si_result
-from .batches import Batch, batch_size
+from .accumulate import count_only
+from .batches import Batch
 from .context import ImportanceContext, ImportanceSums
 
 
 def si_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> ImportanceSums:
     """Sums that normalise (by N samples or by batches) to the recorded path-integral Omega."""
     recorded = si_result(ctx.model)
-    n_samples = n_batches = 0
-    for batch in batches:
-        B = batch_size(batch)
-        n_samples += B
-        n_batches += 1
-        ctx.progress(B)
+    n_samples, n_batches = count_only(ctx, batches)
     denom = n_samples if ctx.config.normalize == "samples" else n_batches
     return ImportanceSums({n: recorded[n] * denom for n in ctx.params}, n_samples, n_batches)

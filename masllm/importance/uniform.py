@@ -17,18 +17,14 @@ from collections.abc import Iterable
 import torch
 
 from .. import sharding
-from .batches import Batch, batch_size
+from .accumulate import count_only
+from .batches import Batch
 from .context import ImportanceContext, ImportanceSums
 
 
 def uniform_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> ImportanceSums:
     """Sums that normalise to Omega = 1 (compute_importance divides by N samples or by batches)."""
-    n_samples = n_batches = 0
-    for batch in batches:
-        B = batch_size(batch)
-        n_samples += B
-        n_batches += 1
-        ctx.progress(B)
+    n_samples, n_batches = count_only(ctx, batches)
     counts = (n_samples, n_batches)
     if ctx.local is not None:
         # ZeRO: the slices are this rank's part of Omega and are not summed across ranks afterwards,
