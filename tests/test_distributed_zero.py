@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,15 @@ def run_logged(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, cwd=ROOT, env=env(), stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT)
 
 
+def launch(make_cmd: Callable[[], list[str]], log: Path) -> None:
+    """Run a launch to completion, once more with a new port if another launch took the free one."""
+    proc = run_logged(make_cmd(), log)
+    if proc.returncode != 0 and "address already in use" in log.read_text().lower():
+        log.rename(log.with_suffix(".port_clash.log"))
+        proc = run_logged(make_cmd(), log)
+    check(proc, log)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory):
     """out directory per configuration, each launched once on first use."""
@@ -80,12 +90,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
 
     def get(mode: str) -> Path:
         if mode not in done:
-            out, log = base / mode, base / f"{mode}.log"
-            proc = run_logged(command(mode, out), log)
-            if proc.returncode != 0 and "address already in use" in log.read_text().lower():
-                log.rename(base / f"{mode}.port_clash.log")  # another launch took the free port first
-                proc = run_logged(command(mode, out), log)
-            check(proc, log)
+            out = base / mode
+            launch(lambda: command(mode, out), base / f"{mode}.log")
             done[mode] = out
         return done[mode]
 

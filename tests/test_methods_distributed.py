@@ -5,13 +5,12 @@ three times (one process, ZeRO-3 and DDP with 2 ranks each; ~70 s once DeepSpeed
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_distributed_zero import ROOT, TIMEOUT, env, free_port, launch_cmd
+from test_distributed_zero import free_port, launch, launch_cmd
 
 pytestmark = pytest.mark.distributed
 SCRIPT = "tests/distributed/methods_importance.py"
@@ -20,18 +19,15 @@ OMEGA = "mas_omega.safetensors"
 UNREACHED = "lm_head.weight"  # no gradient reaches it when F is the hidden states
 
 
-def run(cmd: list[str], log) -> None:
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env(), stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT)
-    assert proc.returncode == 0, log.read_text()[-4000:]
-
-
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("methods_zero")
-    run([sys.executable, SCRIPT, "--out", str(tmp / "single")], tmp / "single.log")
-    run([*launch_cmd("cpu_zero3.yaml", free_port()), SCRIPT, "--out", str(tmp / "z3")], tmp / "z3.log")
-    run([*launch_cmd("cpu_ddp.yaml", free_port()), SCRIPT, "--out", str(tmp / "ddp")], tmp / "ddp.log")
+    launch(lambda: [sys.executable, SCRIPT, "--out", str(tmp / "single")], tmp / "single.log")
+    for mode, config in (("z3", "cpu_zero3.yaml"), ("ddp", "cpu_ddp.yaml")):
+        launch(
+            lambda c=config, m=mode: [*launch_cmd(c, free_port()), SCRIPT, "--out", str(tmp / m)],
+            tmp / f"{mode}.log",
+        )
     return {
         (m, mode): (load_file(tmp / "single" / m / OMEGA), load_file(tmp / mode / m / OMEGA))
         for m in METHODS
