@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
+from accelerate import PartialState
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -503,3 +504,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    # Every rank waits for rank 0's report, then the group closes: a rank leaving with its gloo group
+    # open while another still writes can abort (SIGABRT) in the group's destructor.
+    PartialState().wait_for_everyone()
+    PartialState().destroy_process_group()

@@ -180,8 +180,14 @@ def main() -> None:
         check_load(cli.load_check, engine_b, omega, out, rank, data_b)
     if cli.resume_check:
         check_resume(model, out, data_b, cfg, trainer_b, weights_b, rank)
-    if ws > 1:
+
+
+def shutdown() -> None:
+    """Wait for every rank, then close the process group: a rank that exits while another still
+    writes, with its gloo group open, can abort in the group's destructor (SIGABRT, seen in CI)."""
+    if dist.is_initialized():
         dist.barrier()
+        dist.destroy_process_group()
 
 
 def maxabs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -232,3 +238,4 @@ def check_resume(
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
+    shutdown()
