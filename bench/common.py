@@ -40,7 +40,9 @@ def interleaved(variants: dict[str, Callable[[], None]], rounds: int, warmup: in
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def print_table(title: str, medians: dict[str, float], baseline: str, targets: dict[str, str] | None = None) -> None:
+def print_table(
+    title: str, medians: dict[str, float], baseline: str, targets: dict[str, str] | None = None
+) -> None:
     targets = targets or {}
     print(f"\n{title}")
     print(f"{'variant':<34} {'median s':>10} {'x ' + baseline:>14}   target")

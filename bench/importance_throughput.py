@@ -27,8 +27,10 @@ def main(rounds: int, batch: int, seq: int, n_batches: int) -> None:
     model = gpt2_25m().eval()
     g = torch.Generator().manual_seed(0)
     batches = [
-        {"input_ids": torch.randint(0, model.config.vocab_size, (batch, seq), generator=g),
-         "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+        {
+            "input_ids": torch.randint(0, model.config.vocab_size, (batch, seq), generator=g),
+            "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+        }
         for _ in range(n_batches)
     ]
 
@@ -39,9 +41,11 @@ def main(rounds: int, batch: int, seq: int, n_batches: int) -> None:
 
     def masllm(mode: str, size: int):
         cfg = MASConfig(abs_mode=mode, importance_batch_size=size, check_per_sample=False)
-        data = batches if size == batch else [
-            {k: v[i : i + 1] for k, v in b.items()} for b in batches for i in range(batch)
-        ]
+        data = (
+            batches
+            if size == batch
+            else [{k: v[i : i + 1] for k, v in b.items()} for b in batches for i in range(batch)]
+        )
         return lambda: compute_importance(model, data, cfg, show_progress=False)
 
     variants = {
@@ -50,14 +54,24 @@ def main(rounds: int, batch: int, seq: int, n_batches: int) -> None:
         "exact mode (batched per-sample)": masllm("per_sample", batch),
         "naive loop (batch size 1)": masllm("per_batch", 1),
     }
-    print(f"GPT-2-shaped model, {num_params(model) / 1e6:.1f}M parameters (tied embeddings); "
-          f"{n_batches} batches of {batch} x {seq} tokens; torch threads 1; {rounds} interleaved rounds")
+    print(
+        f"GPT-2-shaped model, {num_params(model) / 1e6:.1f}M parameters (tied embeddings); "
+        f"{n_batches} batches of {batch} x {seq} tokens; torch threads 1; {rounds} interleaved rounds"
+    )
     medians = interleaved(variants, rounds)
-    print_table("seconds per importance pass", medians, "forward+backward (no hooks)",
-                {"micro-batch mode": "<= 1.10x"})
-    print(f"exact / micro-batch = {medians['exact mode (batched per-sample)'] / medians['micro-batch mode']:.3f}"
-          f"   (target <= 2)")
-    print(f"naive loop / exact  = {medians['naive loop (batch size 1)'] / medians['exact mode (batched per-sample)']:.3f}")
+    print_table(
+        "seconds per importance pass",
+        medians,
+        "forward+backward (no hooks)",
+        {"micro-batch mode": "<= 1.10x"},
+    )
+    print(
+        f"exact / micro-batch = {medians['exact mode (batched per-sample)'] / medians['micro-batch mode']:.3f}"
+        f"   (target <= 2)"
+    )
+    print(
+        f"naive loop / exact  = {medians['naive loop (batch size 1)'] / medians['exact mode (batched per-sample)']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -93,10 +93,14 @@ def main(rounds: int, batch: int, seq: int) -> None:
             LossTermTrainer(gpt2_25m(), args, train_dataset=data, omega=omega, reg_lambda=1.0)
         ),
     }
-    print(f"GPT-2-shaped model, {num_params(model) / 1e6:.1f}M parameters; batch {batch} x {seq} tokens; "
-          f"AdamW, clip 1.0; torch threads 1; {rounds} interleaved rounds")
+    print(
+        f"GPT-2-shaped model, {num_params(model) / 1e6:.1f}M parameters; batch {batch} x {seq} tokens; "
+        f"AdamW, clip 1.0; torch threads 1; {rounds} interleaved rounds"
+    )
     medians = interleaved(variants, rounds)
-    print_table("seconds per optimizer step", medians, "plain Trainer", {"MASTrainer (grad, foreach)": "<= 1.03x"})
+    print_table(
+        "seconds per optimizer step", medians, "plain Trainer", {"MASTrainer (grad, foreach)": "<= 1.03x"}
+    )
 
 
 if __name__ == "__main__":

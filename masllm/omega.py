@@ -164,7 +164,9 @@ class Omega(Mapping[str, torch.Tensor]):
         """
         for n, t in new.importance.items():
             if n in self.importance and self.importance[n].shape != t.shape:
-                raise ValueError(f"Omega[{n!r}] has shape {tuple(self.importance[n].shape)}, new {tuple(t.shape)}")
+                raise ValueError(
+                    f"Omega[{n!r}] has shape {tuple(self.importance[n].shape)}, new {tuple(t.shape)}"
+                )
         dtype = _storage_dtype(self.config)
         for n, t in new.importance.items():  # first task, or a new head: every rule starts from Omega = 0
             if n not in self.importance:
@@ -195,7 +197,9 @@ class Omega(Mapping[str, torch.Tensor]):
         if model is not None and self.is_sharded:
             for n, t in self.importance.items():
                 if t.numel() != self.shards[n].numel:
-                    raise ValueError(f"Omega[{n!r}] holds {t.numel()} elements, its shard {self.shards[n].numel}")
+                    raise ValueError(
+                        f"Omega[{n!r}] holds {t.numel()} elements, its shard {self.shards[n].numel}"
+                    )
         elif model is not None:
             check_against_model(self.importance, model, "Omega")
             check_against_model(self.anchors, model, "theta*")

@@ -6,4 +6,5 @@ bash scripts/setup.sh
 . "${MASLLM_VENV:-.venv}/bin/activate"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 ruff check masllm recipes bench tests
+ruff format --check masllm recipes bench tests
 python -m pytest -q "$@"
