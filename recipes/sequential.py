@@ -42,7 +42,6 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from accelerate import PartialState
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -51,6 +50,7 @@ from masllm import LwFTrainer, MASConfig, MASTrainer, Omega, SynapticIntelligenc
 from masllm.checkpoint import CONFIG_NAME, OMEGA_NAME, atomic_write_text, load_tensors, save_tensors
 from masllm.data import TASK_KINDS, Task, TaskSequence, evaluate_with_trainer
 from masllm.report import RunResult, build_report, format_report, write_report
+from masllm.teardown import exit_process
 
 logger = logging.getLogger("masllm.recipes.sequential")
 FINETUNE = "finetune"
@@ -504,7 +504,4 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    # Every rank waits for rank 0's report, then the group closes: a rank leaving with its gloo group
-    # open while another still writes can abort (SIGABRT) in the group's destructor.
-    PartialState().wait_for_everyone()
-    PartialState().destroy_process_group()
+    exit_process()  # multi-process: wait for rank 0's report, leave without the gloo teardown race

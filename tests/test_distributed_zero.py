@@ -214,3 +214,10 @@ def test_two_node_launch_on_localhost(runs, tmp_path: Path) -> None:
         proc.wait(timeout=TIMEOUT)
         check(proc, log)
     assert_same_run(out, runs("single"))
+
+
+def test_exit_process_returns_without_a_process_group():
+    """One process: `exit_process` is a no-op, so scripts and in-process callers end normally."""
+    from masllm.teardown import exit_process
+
+    assert exit_process() is None

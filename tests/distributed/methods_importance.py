@@ -23,9 +23,10 @@ from transformers import TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the shared tiny models
 from conftest import tiny_gpt2  # noqa: E402
-from distributed.two_tasks import ListDataset, save_omega, shutdown, task_data  # noqa: E402
+from distributed.two_tasks import ListDataset, save_omega, task_data  # noqa: E402
 
 from masllm import MASConfig, MASTrainer, compute_importance  # noqa: E402
+from masllm.teardown import exit_process  # noqa: E402
 
 METHODS = {
     "ewc": MASConfig(method="ewc", importance_batch_size=3),
@@ -71,4 +72,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    shutdown()
+    exit_process()

@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from transformers import TrainingArguments
@@ -38,6 +37,7 @@ from conftest import tiny_gpt2  # noqa: E402
 from masllm import MASConfig, MASTrainer, Omega, compute_importance  # noqa: E402
 from masllm.consolidate import load_omega_shards, save_omega_consolidated  # noqa: E402
 from masllm.sharding import LocalShards, deepspeed_engine, world  # noqa: E402
+from masllm.teardown import exit_process  # noqa: E402
 
 
 class ListDataset(Dataset):
@@ -182,14 +182,6 @@ def main() -> None:
         check_resume(model, out, data_b, cfg, trainer_b, weights_b, rank)
 
 
-def shutdown() -> None:
-    """Wait for every rank, then close the process group: a rank that exits while another still
-    writes, with its gloo group open, can abort in the group's destructor (SIGABRT, seen in CI)."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def maxabs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) if a.numel() else 0.0
 
@@ -238,4 +230,4 @@ def check_resume(
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
-    shutdown()
+    exit_process()
