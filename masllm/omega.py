@@ -213,11 +213,22 @@ class Omega(Mapping[str, torch.Tensor]):
         save_omega(self, save_directory, model=model, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None) -> Omega:
-        """Load what `save_pretrained` wrote; with `model`, names and shapes are checked against it."""
+    def from_pretrained(
+        cls, name_or_path: str | Path, model: nn.Module | None = None, **hub_kwargs: Any
+    ) -> Omega:
+        """Load what `save_pretrained` wrote, from a directory or a Hub repo id (only the Omega files
+        are fetched; `hub_kwargs`: revision, cache_dir, token, local_files_only). With `model`, names
+        and shapes are checked against it."""
         from .checkpoint import load_omega
+        from .hub import resolve
 
-        return load_omega(directory, model=model)
+        return load_omega(resolve(name_or_path, **hub_kwargs), model=model)
+
+    def push_to_hub(self, repo_id: str, model: nn.Module | None = None, **kwargs: Any) -> Any:
+        """Upload the files `save_pretrained` writes to a Hub model repo (see `masllm.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, model=model, **kwargs)
 
 
 def _storage_dtype(config: MASConfig) -> torch.dtype:

@@ -32,6 +32,7 @@ from . import sharding
 from .checkpoint import CONFIG_NAME, load_meta
 from .config import MASConfig
 from .consolidate import load_omega_shards, save_omega_consolidated
+from .hub import TAGS, update_model_card
 from .omega import Omega
 from .penalty import add_penalty_grad_, penalty_value
 
@@ -209,6 +210,13 @@ class MASTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
         if self.omega.is_sharded:  # every rank takes part; rank 0 writes one full tensor at a time
             save_omega_consolidated(self.omega, output_dir or self.args.output_dir)
+
+    def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
+        """The Trainer's card, tagged, with a section on the Omega saved beside the model."""
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        super().create_model_card(*args, tags=list(dict.fromkeys([*tags, *TAGS])), **kwargs)
+        if self.is_world_process_zero() and not self.omega.is_empty:
+            update_model_card(self.args.output_dir, self.omega)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
