@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import split_torch_state_dict_into_shards
+from huggingface_hub import split_state_dict_into_shards_factory
+from huggingface_hub.serialization import StateDictSplit
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -64,21 +65,46 @@ def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
             os.remove(tmp)
 
 
+def plan_files(sizes: Mapping[str, int], name: str, max_shard_size: int | str = "5GB") -> StateDictSplit:
+    """Which tensor goes to which file (HF's rule), from byte sizes alone: a sharded Omega never holds
+    its full tensors, yet must be written in the same files as a single process writes."""
+    return split_state_dict_into_shards_factory(
+        dict(sizes),
+        get_storage_size=lambda nbytes: nbytes,
+        filename_pattern=name + "{suffix}.safetensors",
+        max_shard_size=max_shard_size,
+    )
+
+
+def finish_files(directory: Path, name: str, split: StateDictSplit) -> None:
+    """Write the index of a sharded layout, then delete what an earlier save of `name` left in the
+    other layout (a stale single file would otherwise be read in preference to the new shards)."""
+    index = directory / f"{name}.safetensors.index.json"
+    if split.is_sharded:
+        content = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        atomic_write_text(index, json.dumps(content, indent=2, sort_keys=True))
+    remove_files(
+        directory, name, keep=set(split.filename_to_tensors) | ({index.name} if split.is_sharded else set())
+    )
+
+
+def remove_files(directory: Path, name: str, keep: set[str] = frozenset()) -> None:
+    """Delete `name`'s single file, shards and index in `directory`, except those in `keep`."""
+    single, index = directory / f"{name}.safetensors", directory / f"{name}.safetensors.index.json"
+    for path in [*directory.glob(f"{name}-*-of-*.safetensors"), single, index]:
+        if path.name not in keep and path.is_file():
+            path.unlink()
+
+
 def save_tensors(
     tensors: Mapping[str, torch.Tensor], directory: Path, name: str, max_shard_size: int | str = "5GB"
 ) -> list[str]:
     """Write `name.safetensors`, or HF-style shards + `name.safetensors.index.json`; return file names."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    split = split_torch_state_dict_into_shards(
-        tensors, filename_pattern=name + "{suffix}.safetensors", max_shard_size=max_shard_size
-    )
+    split = plan_files({k: v.numel() * v.element_size() for k, v in tensors.items()}, name, max_shard_size)
     for filename, keys in split.filename_to_tensors.items():
         _atomic_save_file({k: tensors[k] for k in keys}, directory / filename)
-    if split.is_sharded:
-        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        atomic_write_text(
-            directory / f"{name}.safetensors.index.json", json.dumps(index, indent=2, sort_keys=True)
-        )
+    finish_files(directory, name, split)
     return list(split.filename_to_tensors)
 
 
@@ -127,6 +153,8 @@ def save_omega(
     save_tensors(omega.importance, directory, OMEGA_NAME, max_shard_size)
     if omega.anchors and not anchors_in_model:
         save_tensors(omega.anchors, directory, ANCHORS_NAME, max_shard_size)
+    else:
+        remove_files(directory, ANCHORS_NAME)  # an earlier save's theta* would contradict the json
     write_meta(omega, directory, "model" if anchors_in_model else ("file" if omega.anchors else "none"))
 
 

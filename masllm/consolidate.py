@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 
-from .checkpoint import ANCHORS_NAME, OMEGA_NAME, load_meta, write_meta
+from .checkpoint import ANCHORS_NAME, OMEGA_NAME, finish_files, load_meta, plan_files, write_meta
 from .config import MASConfig
 from .omega import Omega
 from .sharding import Shard, world
@@ -79,22 +79,31 @@ def _stream_safetensors(
         os.replace(tmp, path)
 
 
-def save_omega_consolidated(omega: Omega, save_directory: str | Path) -> None:
-    """Write a sharded Omega as full `mas_omega` / `mas_anchors` safetensors + `mas_config.json`."""
+def save_omega_consolidated(
+    omega: Omega, save_directory: str | Path, max_shard_size: int | str = "5GB"
+) -> None:
+    """Write a sharded Omega as full `mas_omega` / `mas_anchors` safetensors + `mas_config.json`, in
+    the files (and HF-style shards above `max_shard_size`) one process would write."""
     omega.validate()
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
-    names = sorted(omega.importance)
+    rank0 = world()[0] == 0
     for stem, tensors in ((OMEGA_NAME, omega.importance), (ANCHORS_NAME, omega.anchors)):
         dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
-        _stream_safetensors(
-            directory / f"{stem}.safetensors",
-            names,
-            omega.shards,
-            dtype,
-            lambda n, t=tensors: _gather_full(t[n], omega.shards[n]),
-        )
-    if world()[0] == 0:
+        size = torch.tensor([], dtype=dtype).element_size()
+        names = sorted(omega.importance)
+        split = plan_files({n: omega.shards[n].full_numel * size for n in names}, stem, max_shard_size)
+        for filename, keys in split.filename_to_tensors.items():  # the same order on every rank
+            _stream_safetensors(
+                directory / filename,
+                keys,
+                omega.shards,
+                dtype,
+                lambda n, t=tensors: _gather_full(t[n], omega.shards[n]),
+            )
+        if rank0:
+            finish_files(directory, stem, split)
+    if rank0:
         write_meta(omega, directory, "file")
     if world()[1] > 1:
         dist.barrier()  # nobody reads the checkpoint before it is complete

@@ -76,6 +76,27 @@ def _bad(kind: str, model) -> Omega:
     return omega
 
 
+def test_resaving_in_the_other_layout_leaves_no_stale_files(tmp_path):
+    """Single file -> shards -> single file in one directory: each load reads the latest save."""
+    model = tiny_gpt2()
+    first = omega_for(tiny_mlp())
+    first.save_pretrained(tmp_path)
+    omega = Omega().merge(
+        compute_importance(model, [{"input_ids": torch.randint(0, 50, (2, 8))}], show_progress=False)
+    )
+    omega.save_pretrained(tmp_path, max_shard_size=2000)
+    assert (
+        not (tmp_path / "mas_omega.safetensors").exists()
+        and not (tmp_path / "mas_anchors.safetensors").exists()
+    )
+    assert_same(omega, Omega.from_pretrained(tmp_path, model=model))
+    first.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mas_anchors.safetensors", "mas_config.json", "mas_omega.safetensors"
+    ]  # fmt: skip
+    assert_same(first, Omega.from_pretrained(tmp_path))
+
+
 @pytest.mark.parametrize(
     "kind,message",
     [

@@ -70,6 +70,23 @@ def test_consolidated_save_is_the_ordinary_format(tmp_path, dtype):
     assert loaded.tasks == full.tasks and loaded.config == full.config
 
 
+def test_consolidated_save_shards_files_like_one_process(tmp_path):
+    """Above max_shard_size: the same shard files and index as `save_pretrained`, byte for byte."""
+    full = full_omega()
+    one_rank = {n: Shard(0, int(torch.Size(s).numel()), s) for n, s in SHAPES.items()}
+    save_omega_consolidated(sharded(full, one_rank), tmp_path / "z", max_shard_size=100)
+    full.save_pretrained(tmp_path / "p", max_shard_size=100)
+    files = sorted(p.name for p in (tmp_path / "p").iterdir() if p.name != "mas_config.json")
+    assert "mas_omega.safetensors.index.json" in files and len(files) > 4
+    assert files == sorted(p.name for p in (tmp_path / "z").iterdir() if p.name != "mas_config.json")
+    for name in files:
+        assert (tmp_path / "z" / name).read_bytes() == (tmp_path / "p" / name).read_bytes(), name
+    loaded = Omega.from_pretrained(tmp_path / "z")
+    assert all(
+        torch.equal(loaded[n], full[n]) and torch.equal(loaded.anchors[n], full.anchors[n]) for n in SHAPES
+    )
+
+
 @pytest.mark.parametrize("layout", [zero3_shards, zero2_shards])
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
 def test_sliced_load_equals_slicing_the_full_tensors(tmp_path, layout, world):
