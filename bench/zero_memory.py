@@ -36,6 +36,7 @@ from common import gpt2_25m  # noqa: E402
 
 from masllm import MASConfig, MASTrainer, Omega, compute_importance  # noqa: E402
 from masllm.sharding import world  # noqa: E402
+from masllm.teardown import exit_process  # noqa: E402
 
 RESULT = ROOT / "bench" / "results" / "zero_memory.json"
 
@@ -179,6 +180,7 @@ def main() -> None:
     cli = parser.parse_args()
     if "WORLD_SIZE" in os.environ:
         measure(cli)
+        exit_process()  # the ranks leave together, without torch's gloo teardown race
         return
     cmd = [
         sys.executable,
