@@ -305,7 +305,7 @@ def spp_table(args, tasks_for_seed, published: dict, title: str, p: Protocol) ->
     lam = args.lambdas
     joint = run_method(tasks_for_seed, p, Run("joint", "joint"), args.seeds)
     runs = [
-        Run("SGD (finetune)", "finetune"),
+        Run(f"{'Adam' if p.optimizer == 'adam' else 'SGD'} (finetune)", "finetune"),
         Run(f"EWC l={lam['ewc']}", "ewc", lam["ewc"]),
         Run("SI", "si", lam["si"]),
         Run(f"MAS l={lam['mas']}", "mas", lam["mas"]),
