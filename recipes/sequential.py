@@ -49,6 +49,7 @@ import masllm
 from masllm import LwFTrainer, MASConfig, MASTrainer, Omega, SynapticIntelligence, compute_importance
 from masllm.checkpoint import CONFIG_NAME, OMEGA_NAME, atomic_write_text, load_tensors, save_tensors
 from masllm.data import TASK_KINDS, Task, TaskSequence, evaluate_with_trainer
+from masllm.hub import update_model_card
 from masllm.report import RunResult, build_report, format_report, write_report
 from masllm.teardown import exit_process
 
@@ -354,9 +355,12 @@ def run_sequence(
         ):
             row = {t.name: evaluate(trainer, t) for t in seq.tasks}
 
-        # 4. Model + Omega (MASTrainer._save writes it), then the row: the task is done.
+        # 4. Model + Omega (MASTrainer._save writes it) + a model card saying which tasks Omega
+        #    protects (Hub-ready), then the row: the task is done.
         trainer.save_model(str(step_dir))
         if trainer.is_world_process_zero():
+            if not trainer.omega.is_empty:
+                update_model_card(step_dir, trainer.omega)
             atomic_write_text(step_dir / ROW_FILE, json.dumps(row, indent=2, sort_keys=True) + "\n")
         trainer.accelerator.wait_for_everyone()
         rows.append(row)

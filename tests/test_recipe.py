@@ -105,6 +105,8 @@ def test_recipe_end_to_end(uninterrupted):
         assert set(saved) == set(expected_omega)
         for name, value in saved.items():
             torch.testing.assert_close(value, expected_omega[name], rtol=1e-4, atol=1e-10)
+        card = (step / "README.md").read_text()  # Hub-ready: the card lists the tasks Omega protects
+        assert all(f"| {i} | {t.name} |" in card for i, t in enumerate(seq.tasks[: k + 1]))
     # Fine-tuning keeps no Omega.
     assert not (out / "finetune" / "1-code" / "mas_omega.safetensors").exists()
 
