@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def finish_files(directory: Path, name: str, split: StateDictSplit) -> None:
     )
 
 
-def remove_files(directory: Path, name: str, keep: set[str] = frozenset()) -> None:
+def remove_files(directory: Path, name: str, keep: Collection[str] = ()) -> None:
     """Delete `name`'s single file, shards and index in `directory`, except those in `keep`."""
     single, index = directory / f"{name}.safetensors", directory / f"{name}.safetensors.index.json"
     for path in [*directory.glob(f"{name}-*-of-*.safetensors"), single, index]:
