@@ -87,11 +87,10 @@ def save_omega_consolidated(
     omega.validate()
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
-    rank0 = world()[0] == 0
+    rank0, names = world()[0] == 0, sorted(omega.importance)
     for stem, tensors in ((OMEGA_NAME, omega.importance), (ANCHORS_NAME, omega.anchors)):
         dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
         size = torch.tensor([], dtype=dtype).element_size()
-        names = sorted(omega.importance)
         split = plan_files({n: omega.shards[n].full_numel * size for n in names}, stem, max_shard_size)
         for filename, keys in split.filename_to_tensors.items():  # the same order on every rank
             _stream_safetensors(
