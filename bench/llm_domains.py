@@ -35,20 +35,20 @@ is +6.5%: the target holds for the mean over new domains, not for each one.
 
 lambda differs per method because Omega's scale does: MAS's Omega (F = the last hidden states,
 as in the demo) averages |d ||F||^2 / d theta| over samples, summed over tokens; L2's is 1 everywhere. Any estimator of
-masllm.importance.ESTIMATORS can be added to --methods (with its own `=lambda`).
+masllm.ESTIMATORS can be added to --methods (with its own `=lambda`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+
+from masllm.continual import main as sequential
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Path(os.environ.get("MASLLM_TEXT_DATA", ROOT.parent / "shared" / "data" / "text"))
@@ -121,12 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     config_path = Path(args.output_dir) / "bench_config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    spec = importlib.util.spec_from_file_location("sequential", ROOT / "recipes" / "sequential.py")
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules["sequential"] = recipe
-    spec.loader.exec_module(recipe)
     start = time.perf_counter()
-    report = recipe.main(["--config", str(config_path), *recipe_flags])
+    report = sequential(["--config", str(config_path), *recipe_flags])
     print(f"\nwall time {time.perf_counter() - start:.0f} s; methods {args.methods}")
     print("\n".join(check_target(report)))
     return report

@@ -15,11 +15,11 @@ Tables (mean +- std over seeds; each with the wall time it took on this machine)
 - `table3`: MAS paper Table 3 pattern: MAS and l-MAS, Omega from training / test / both (unlabeled).
 - `adapt`: MAS paper Sec. 5.1 adaptation test: Omega of task 1 from one class only.
 
-Methods are masllm estimators by name (`masllm.importance.ESTIMATORS`: mas, lmas, ewc, spp, l2, ...),
+Methods are masllm estimators by name (`masllm.ESTIMATORS`: mas, lmas, ewc, spp, l2, ...),
 plus `finetune` (no penalty) and `joint` (all tasks at once). A method not (yet) registered prints
-as a missing row. The training loop is `masllm.vision.train_task` (whole-tensor batches, the
+as a missing row. The training loop is `masllm.tasks.vision.train_task` (whole-tensor batches, the
 penalty gradient of `masllm.penalty`), importance is `masllm.compute_importance`, the summaries
-are `masllm.metrics`. Importance uses a random subset of each task's training set
+are `masllm.continual.metrics`. Importance uses a random subset of each task's training set
 (--importance-samples, default 2000): Omega is a mean over samples (Eq. 2), and exact per-sample
 |g| over all 12-60k samples would cost far more than the training itself here.
 """
@@ -41,12 +41,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from masllm import ESTIMATORS, MASConfig, compute_importance  # noqa: E402
-from masllm.lwf import distillation_loss, frozen_copy  # noqa: E402
-from masllm.metrics import summarize  # noqa: E402
-from masllm.mnist import TaskData, load_idx_dataset, permuted_tasks, split_tasks  # noqa: E402
+from masllm.continual.metrics import summarize  # noqa: E402
+from masllm.methods.lwf import LwFConfig, distillation_loss, frozen_copy  # noqa: E402
+from masllm.methods.si import SynapticIntelligence  # noqa: E402
 from masllm.omega import Omega  # noqa: E402
-from masllm.si import SynapticIntelligence  # noqa: E402
-from masllm.vision import MultiHeadClassifier, accuracy, batches, train_task  # noqa: E402
+from masllm.tasks.vision import (  # noqa: E402
+    MultiHeadClassifier,
+    TaskData,
+    accuracy,
+    batches,
+    load_idx_dataset,
+    permuted_tasks,
+    split_tasks,
+    train_task,
+)
 
 NO_PENALTY = ("finetune", "joint", "lwf")  # lwf: distillation instead of a penalty (Li & Hoiem 2016)
 
@@ -139,7 +147,7 @@ def run_sequence(
     if run.method == "joint":
         return [run_joint(model, tasks, data, p, g)] * len(tasks)
     if not available(run.method):
-        raise ValueError(f"Method {run.method!r} is not registered in masllm.importance.ESTIMATORS")
+        raise ValueError(f"Method {run.method!r} is not registered in masllm.ESTIMATORS")
     omega = Omega(config=MASConfig(method="mas"))
     opt = make_optimizer(model, p)
     R = []
@@ -170,7 +178,7 @@ NS = SimpleNamespace()  # stands for TrainingArguments in the SI callback's hook
 
 def method_hooks(run: Run, model, previous: list[TaskData], cfg: MASConfig) -> tuple[dict, Callable | None]:
     """What a method adds to the plain loop (train_task kwargs, and what to do after training):
-    SI's path integral (masllm.si's callback, driven from this loop), LwF's distillation loss."""
+    SI's path integral (masllm.methods.si callback, driven from this loop), LwF's distillation loss."""
     if run.method == "si":
         si = SynapticIntelligence(cfg)
         si.on_train_begin(NS, None, None, model=model)
@@ -180,7 +188,7 @@ def method_hooks(run: Run, model, previous: list[TaskData], cfg: MASConfig) -> t
         }
         return hooks, lambda: si.on_train_end(NS, None, None, model=model)  # SI's Eq. 5
     if run.method == "lwf" and previous:
-        teacher, old = frozen_copy(model), sorted({t.head for t in previous})
+        teacher, old, lwf = frozen_copy(model), sorted({t.head for t in previous}), LwFConfig()
 
         def loss_fn(m, batch):  # CE on the new head + distillation of every old head (LwF, Eq. 2)
             out = m(**batch)
@@ -188,10 +196,10 @@ def method_hooks(run: Run, model, previous: list[TaskData], cfg: MASConfig) -> t
             with torch.no_grad():
                 targets = [teacher(x, task_ids=h).logits for h in old]
             kd = sum(
-                distillation_loss(m(x, task_ids=h).logits, z, cfg.lwf_temperature)
+                distillation_loss(m(x, task_ids=h).logits, z, lwf.lwf_temperature)
                 for h, z in zip(old, targets)
             )
-            return out.loss + cfg.lwf_weight * kd
+            return out.loss + lwf.lwf_weight * kd
 
         return {"loss_fn": loss_fn}, None
     return {}, None

@@ -35,8 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import gpt2_25m  # noqa: E402
 
 from masllm import MASConfig, MASTrainer, Omega, compute_importance  # noqa: E402
-from masllm.sharding import world  # noqa: E402
-from masllm.teardown import exit_process  # noqa: E402
+from masllm.distributed import exit_process, world  # noqa: E402
 
 RESULT = ROOT / "bench" / "results" / "zero_memory.json"
 
@@ -90,7 +89,7 @@ def args_for(out: str, steps: int, batch: int) -> TrainingArguments:
         learning_rate=1e-4,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,  # CPU ranks over gloo (DESIGN.md)
+        use_cpu=True,  # CPU ranks over gloo (accelerate_configs/README.md)
         disable_tqdm=True,
         logging_strategy="no",
     )

@@ -1,203 +1,23 @@
-"""Omega on disk: safetensors + json, PEFT-style, beside the model's own files.
+"""Deprecated: `masllm.checkpoint` is now `masllm.omega.io` (files) and `Omega.save_pretrained` /
+`Omega.from_pretrained` (this alias goes in masllm 0.3)."""
 
-Files (names in one place, below):
-- `mas_omega.safetensors`: importance, keyed by the model's parameter names; HF-style shards with
-  `mas_omega.safetensors.index.json` when larger than `max_shard_size`.
-- `mas_anchors.safetensors` (same sharding): theta*, written only when it differs from the weights
-  saved beside it; otherwise `mas_config.json` says `"anchors": "model"`.
-- `mas_config.json`: the MASConfig, tasks seen, merge state, format and library version.
+import warnings
 
-Everything is validated before the first byte is written, and each file is written to a temporary
-name and renamed, so bad input leaves an existing checkpoint untouched. Only safetensors and json
-are ever read: a pickle file is refused.
-"""
+from .omega import Omega
+from .omega import io as _io
+from .omega.validation import check_against_model, check_tensors  # noqa: F401
 
-from __future__ import annotations
-
-import json
-import os
-import tempfile
-from collections.abc import Collection, Mapping
-from pathlib import Path
-from typing import Any
-
-import torch
-from huggingface_hub import split_state_dict_into_shards_factory
-from huggingface_hub.serialization import StateDictSplit
-from safetensors.torch import load_file, save_file
-from torch import nn
-
-from .config import MASConfig
-from .omega import Omega, check_against_model
-
-OMEGA_NAME = "mas_omega"
-ANCHORS_NAME = "mas_anchors"
-CONFIG_NAME = "mas_config.json"
-FORMAT_VERSION = 1
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+globals().update({k: v for k, v in vars(_io).items() if not k.startswith("_")})
 
 
-def check_tensors(tensors: Mapping[str, torch.Tensor], what: str, nonnegative: bool = False) -> None:
-    """Raise ValueError on a non-tensor, a non-finite value or (for importance) a negative one."""
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{what}[{name!r}] is a {type(t).__name__}, not a tensor")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{what}[{name!r}] has NaN or Inf values")
-        if nonnegative and t.numel() and t.min() < 0:
-            raise ValueError(f"{what}[{name!r}] has negative values; importance must be >= 0")
+def save_omega(omega, save_directory, model=None, max_shard_size="5GB"):
+    """Deprecated: `omega.save_pretrained(save_directory, model=model)`."""
+    omega.save_pretrained(save_directory, model=model, max_shard_size=max_shard_size)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
+def load_omega(directory, model=None):
+    """Deprecated: `Omega.from_pretrained(directory, model=model)`."""
+    return Omega.from_pretrained(directory, model=model)
 
 
-def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def plan_files(sizes: Mapping[str, int], name: str, max_shard_size: int | str = "5GB") -> StateDictSplit:
-    """Which tensor goes to which file (HF's rule), from byte sizes alone: a sharded Omega never holds
-    its full tensors, yet must be written in the same files as a single process writes."""
-    return split_state_dict_into_shards_factory(
-        dict(sizes),
-        get_storage_size=lambda nbytes: nbytes,
-        filename_pattern=name + "{suffix}.safetensors",
-        max_shard_size=max_shard_size,
-    )
-
-
-def finish_files(directory: Path, name: str, split: StateDictSplit) -> None:
-    """Write the index of a sharded layout, then delete what an earlier save of `name` left in the
-    other layout (a stale single file would otherwise be read in preference to the new shards)."""
-    index = directory / f"{name}.safetensors.index.json"
-    if split.is_sharded:
-        content = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        atomic_write_text(index, json.dumps(content, indent=2, sort_keys=True))
-    remove_files(
-        directory, name, keep=set(split.filename_to_tensors) | ({index.name} if split.is_sharded else set())
-    )
-
-
-def remove_files(directory: Path, name: str, keep: Collection[str] = ()) -> None:
-    """Delete `name`'s single file, shards and index in `directory`, except those in `keep`."""
-    single, index = directory / f"{name}.safetensors", directory / f"{name}.safetensors.index.json"
-    for path in [*directory.glob(f"{name}-*-of-*.safetensors"), single, index]:
-        if path.name not in keep and path.is_file():
-            path.unlink()
-
-
-def save_tensors(
-    tensors: Mapping[str, torch.Tensor], directory: Path, name: str, max_shard_size: int | str = "5GB"
-) -> list[str]:
-    """Write `name.safetensors`, or HF-style shards + `name.safetensors.index.json`; return file names."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    split = plan_files({k: v.numel() * v.element_size() for k, v in tensors.items()}, name, max_shard_size)
-    for filename, keys in split.filename_to_tensors.items():
-        _atomic_save_file({k: tensors[k] for k in keys}, directory / filename)
-    finish_files(directory, name, split)
-    return list(split.filename_to_tensors)
-
-
-def load_tensors(directory: Path, name: str) -> dict[str, torch.Tensor]:
-    """Read `name.safetensors` or its sharded form; refuse pickle files."""
-    single, index = directory / f"{name}.safetensors", directory / f"{name}.safetensors.index.json"
-    if single.is_file():
-        return load_file(single)
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        out: dict[str, torch.Tensor] = {}
-        for filename in sorted(set(weight_map.values())):
-            out.update(load_file(directory / filename))
-        return out
-    pickles = [p.name for p in directory.glob(f"{name}*") if p.suffix in PICKLE_SUFFIXES]
-    if pickles:
-        raise ValueError(
-            f"{directory} holds {pickles}, a pickle format; masllm loads only safetensors (pickle can run code)"
-        )
-    raise FileNotFoundError(f"No {single.name} (or sharded index) in {directory}")
-
-
-def _anchors_equal_model(omega: Omega, model: nn.Module | None) -> bool:
-    if model is None or not omega.anchors:
-        return False
-    params = dict(model.named_parameters())
-    return all(
-        n in params
-        and params[n].shape == a.shape
-        and torch.equal(params[n].detach().to(a.dtype).cpu(), a.cpu())
-        for n, a in omega.anchors.items()
-    )
-
-
-def save_omega(
-    omega: Omega,
-    save_directory: str | Path,
-    model: nn.Module | None = None,
-    max_shard_size: int | str = "5GB",
-) -> None:
-    """Validate, then write Omega (+ anchors unless they equal `model`'s weights) and its json."""
-    omega.validate(model)
-    directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    anchors_in_model = _anchors_equal_model(omega, model)
-    save_tensors(omega.importance, directory, OMEGA_NAME, max_shard_size)
-    if omega.anchors and not anchors_in_model:
-        save_tensors(omega.anchors, directory, ANCHORS_NAME, max_shard_size)
-    else:
-        remove_files(directory, ANCHORS_NAME)  # an earlier save's theta* would contradict the json
-    write_meta(omega, directory, "model" if anchors_in_model else ("file" if omega.anchors else "none"))
-
-
-def write_meta(omega: Omega, directory: Path, anchors: str) -> None:
-    """`mas_config.json`: config, tasks, merge state, where theta* is, format and library version."""
-    from . import __version__
-
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "masllm_version": __version__,
-        "config": omega.config.to_dict(),
-        "tasks": omega.tasks,
-        "merge_state": omega.merge_state,
-        "anchors": anchors,
-    }
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-
-def load_meta(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"No {CONFIG_NAME} in {directory}: not an Omega checkpoint")
-    meta = json.loads(path.read_text())
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format_version {meta['format_version']}; this masllm reads <= {FORMAT_VERSION}"
-        )
-    return meta
-
-
-def load_omega(directory: str | Path, model: nn.Module | None = None) -> Omega:
-    """Load and validate an Omega; `anchors: model` checkpoints take theta* from `model`'s weights."""
-    directory = Path(directory)
-    meta = load_meta(directory)
-    importance = load_tensors(directory, OMEGA_NAME)
-    config = MASConfig.from_dict(meta["config"])
-    omega = Omega(importance, config=config, tasks=meta["tasks"], merge_state=meta.get("merge_state"))
-    if meta["anchors"] == "file":
-        omega.anchors = load_tensors(directory, ANCHORS_NAME)
-    elif meta["anchors"] == "model":
-        if model is None:
-            raise ValueError(f"{directory} stores theta* as the model's weights: pass model= to load them")
-        check_against_model(importance, model, "Omega")
-        omega.set_anchors(model)
-    omega.validate(model)
-    return omega
+warnings.warn("masllm.checkpoint is deprecated; import masllm.omega.io", FutureWarning, stacklevel=2)

@@ -5,20 +5,24 @@ mean over samples of |d ||F(x_k)||_2^2 / d theta| taken per sample (Eq. 2), F is
 output, the model is in eval mode, importance is summed across tasks, and the penalty is
 `lambda * sum Omega (theta - theta*)^2` with no 1/2 (Eq. 3), so lambda means what it means in the
 paper. Every departure is a field, documented in its help text.
+
+Only conventions shared by every estimator live here. An estimator with options of its own has a
+subclass registered with it (`EWCConfig` in `masllm.importance.estimators.fisher`, `SIConfig` in
+`masllm.methods.si`); `MASConfig.from_dict` returns the registered class for the `method` it reads.
+Values are checked, types included, at construction and again on every assignment.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-OUTPUTS = ("logits", "hidden_states", "probs")
-NORMS = ("l2_squared", "l2", "l1")
-ABS_MODES = ("per_sample", "per_batch")
-NORMALIZATIONS = ("samples", "batches")
-MODEL_MODES = ("eval", "train")
+from .registry import ESTIMATOR_CONFIGS, ESTIMATORS, MERGE_RULES, did_you_mean
+
 STORAGE_DTYPES = ("float32", "bfloat16")
 
 
@@ -28,7 +32,7 @@ class MASConfig:
 
     method: str = field(
         default="mas",
-        metadata={"help": "Importance estimator, by registry name (see masllm.importance.ESTIMATORS)."},
+        metadata={"help": "Importance estimator, by registry name (see masllm.ESTIMATORS)."},
     )
     reg_lambda: float = field(
         default=1.0,
@@ -64,7 +68,7 @@ class MASConfig:
             "help": "Model mode during the importance pass: eval (no dropout, BN stats untouched) or train."
         },
     )
-    merge: Literal["sum", "mean", "ema", "decay", "alpha"] = field(
+    merge: str = field(
         default="sum",
         metadata={
             "help": "How a new task's Omega joins the old one: sum (paper, Sec. 4.2), running mean over "
@@ -79,28 +83,6 @@ class MASConfig:
             "help": "d of merge='ema' and merge='decay' (online EWC's gamma, Schwarz et al. 2018; "
             "d = 1 with 'decay' is the plain sum). In [0, 1]."
         },
-    )
-    ewc_sampled: bool = field(
-        default=False,
-        metadata={
-            "help": "EWC / online EWC Fisher: log-likelihood of labels sampled from the model's own "
-            "predictions (true Fisher; no labels needed) instead of the data's labels (empirical Fisher)."
-        },
-    )
-    si_xi: float = field(
-        default=0.1,
-        metadata={
-            "help": "SI damping xi in Omega = sum_k w_k / ((Delta theta)^2 + xi) (Zenke et al. 2017, Eq. 5; "
-            "FACIL's default 0.1). > 0."
-        },
-    )
-    lwf_temperature: float = field(
-        default=2.0,
-        metadata={"help": "LwF distillation temperature T (Li & Hoiem 2016 use T = 2). > 0."},
-    )
-    lwf_weight: float = field(
-        default=1.0,
-        metadata={"help": "LwF weight lambda_o of the distillation loss (Li & Hoiem 2016: 1). >= 0."},
     )
     half_penalty: bool = field(
         default=False,
@@ -130,63 +112,45 @@ class MASConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        object.__setattr__(self, "_ready", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Re-validate on assignment: `config.reg_lambda = -5` raises and leaves the old value."""
+        if not getattr(self, "_ready", False) or name not in _field_names(type(self)):
+            return object.__setattr__(self, name, value)
+        old = getattr(self, name)
+        object.__setattr__(self, name, value)
+        try:
+            self.validate()
+        except (TypeError, ValueError):
+            object.__setattr__(self, name, old)
+            raise
 
     def validate(self) -> None:
-        """Raise ValueError naming the field, the bad value and the accepted ones."""
-        choices = {
-            "method": self._estimators(),
-            "output": OUTPUTS,
-            "norm": NORMS,
-            "abs_mode": ABS_MODES,
-            "normalize": NORMALIZATIONS,
-            "model_mode": MODEL_MODES,
-            "merge": self._merge_rules(),
-            "storage_dtype": STORAGE_DTYPES,
-        }
-        for name, allowed in choices.items():
+        """Raise TypeError / ValueError naming the field, the bad value and the accepted ones."""
+        check_types(self)
+        prefix = type(self).__name__
+        for name, allowed in (("method", list(ESTIMATORS)), ("merge", list(MERGE_RULES))):
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"MASConfig.{name}={value!r} is not one of {list(allowed)}")
-        if not isinstance(self.reg_lambda, (int, float)) or not math.isfinite(self.reg_lambda):
-            raise ValueError(f"MASConfig.reg_lambda must be a finite number, got {self.reg_lambda!r}")
-        if self.reg_lambda < 0:
-            raise ValueError(f"MASConfig.reg_lambda must be >= 0, got {self.reg_lambda}")
-        self._validate_method_fields()
+                raise ValueError(
+                    f"{prefix}.{name}={value!r} is not one of {allowed}{did_you_mean(value, allowed)}"
+                )
+        if not math.isfinite(self.reg_lambda) or self.reg_lambda < 0:
+            raise ValueError(f"{prefix}.reg_lambda must be a finite number >= 0, got {self.reg_lambda!r}")
+        if not 0.0 <= self.merge_decay <= 1.0:
+            raise ValueError(f"{prefix}.merge_decay must be in [0, 1], got {self.merge_decay}")
         if self.importance_batch_size < 1:
-            raise ValueError(
-                f"MASConfig.importance_batch_size must be >= 1, got {self.importance_batch_size}"
-            )
+            raise ValueError(f"{prefix}.importance_batch_size must be >= 1, got {self.importance_batch_size}")
         if self.max_importance_samples is not None and self.max_importance_samples < 1:
             raise ValueError(
-                f"MASConfig.max_importance_samples must be >= 1, got {self.max_importance_samples}"
+                f"{prefix}.max_importance_samples must be >= 1, got {self.max_importance_samples}"
             )
-
-    def _validate_method_fields(self) -> None:
-        """The hyper-parameters of the other methods (masllm.importance, si, lwf) and merge rules."""
-        if not 0.0 <= self.merge_decay <= 1.0:
-            raise ValueError(f"MASConfig.merge_decay must be in [0, 1], got {self.merge_decay}")
-        for name in ("si_xi", "lwf_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"MASConfig.{name} must be > 0, got {getattr(self, name)}")
-        if not self.lwf_weight >= 0:
-            raise ValueError(f"MASConfig.lwf_weight must be >= 0, got {self.lwf_weight}")
         if self.method == "online_ewc" and self.merge != "decay":
             raise ValueError(
-                "MASConfig.method='online_ewc' is the Fisher of EWC merged by F <- gamma F + F_new "
+                f"{prefix}.method='online_ewc' is the Fisher of EWC merged by F <- gamma F + F_new "
                 f"(Schwarz et al. 2018): set merge='decay' and merge_decay=gamma (got merge={self.merge!r})"
             )
-
-    @staticmethod
-    def _estimators() -> tuple[str, ...]:
-        from .importance import ESTIMATORS
-
-        return tuple(ESTIMATORS)
-
-    @staticmethod
-    def _merge_rules() -> tuple[str, ...]:
-        from .omega import MERGE_FUNCTIONS
-
-        return tuple(MERGE_FUNCTIONS)
 
     @property
     def penalty_weight(self) -> float:
@@ -198,11 +162,53 @@ class MASConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MASConfig:
-        known = {f.name for f in fields(cls)}
+        """The config `to_dict` wrote; on `MASConfig` itself, of the class registered for its method."""
+        if not isinstance(data, dict):
+            raise TypeError(f"A MASConfig is read from a dict, got {type(data).__name__}")
+        target = cls
+        registered = ESTIMATOR_CONFIGS.get(data.get("method", "mas"))
+        if registered is not None and issubclass(registered, cls):
+            target = registered
+        known = _field_names(target)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown MASConfig fields {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
+            hints = "".join(did_you_mean(k, sorted(known)) for k in unknown[:1])
+            raise ValueError(
+                f"Unknown {target.__name__} fields {unknown}{hints}; known fields are {sorted(known)}"
+            )
+        return target(**data)
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def check_types(config: Any) -> None:
+    """Each field's value against its annotation: bool is not a number, a str must be a listed literal."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        _check_value(f"{type(config).__name__}.{f.name}", getattr(config, f.name), hints[f.name])
+
+
+def _check_value(where: str, value: Any, hint: Any) -> None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}={value!r} is not one of {list(args)}{did_you_mean(value, args)}")
+        return
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(hint, True)
+    if not ok:
+        raise TypeError(f"{where} must be {hint.__name__}, got {value!r} ({type(value).__name__})")

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_gpt2, tiny_mlp
 
 from masllm import MASConfig, Omega, compute_importance
-from masllm.checkpoint import CONFIG_NAME
+from masllm.omega.io import CONFIG_NAME
 
 
 def omega_for(model, seed=0):

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from masllm import MASConfig, Omega
-from masllm.consolidate import load_omega_shards, save_omega_consolidated
-from masllm.sharding import Shard
+from masllm.distributed import Shard
+from masllm.omega.sharded import load_omega_shards, save_omega_consolidated
 
 SHAPES = {"a.weight": (5, 7), "a.bias": (13,), "b.weight": (3, 4, 2), "c.scale": (1,)}
 
@@ -33,7 +33,9 @@ def zero3_shards(rank: int, world: int) -> dict[str, Shard]:
     for n, s in SHAPES.items():
         numel = int(torch.Size(s).numel())
         ps = -(-numel // world)
-        start = min(rank * ps, numel)  # as masllm.sharding.LocalShards: padding-only ranks hold nothing
+        start = min(
+            rank * ps, numel
+        )  # as masllm.distributed.zero.LocalShards: padding-only ranks hold nothing
         out[n] = Shard(start, max(0, min(ps, numel - start)), s)
     return out
 

@@ -218,6 +218,6 @@ def test_two_node_launch_on_localhost(runs, tmp_path: Path) -> None:
 
 def test_exit_process_returns_without_a_process_group():
     """One process: `exit_process` is a no-op, so scripts and in-process callers end normally."""
-    from masllm.teardown import exit_process
+    from masllm.distributed import exit_process
 
     assert exit_process() is None

@@ -13,7 +13,8 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from test_checkpoint import assert_same, omega_for
 from transformers import TrainingArguments
 
-from masllm import MASConfig, MASTrainer, Omega, compute_importance, hub
+from masllm import MASConfig, MASTrainer, Omega, compute_importance
+from masllm.omega import hub
 
 REPO = "someone/tiny-omega"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

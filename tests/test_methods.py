@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import padded_lm_batch, tiny_convnet, tiny_gpt2, tiny_mlp
 
-from masllm import MASConfig, compute_importance
+from masllm import EWCConfig, MASConfig, compute_importance
 
 
 def test_l2_is_uniform_omega_one():
@@ -80,9 +80,7 @@ def test_ewc_sampled_fisher_uses_model_predictions(monkeypatch):
     x = torch.randn(6, 6, generator=torch.Generator().manual_seed(3))
     monkeypatch.setattr(torch, "multinomial", lambda p, n: p.argmax(-1, keepdim=True))
     ref = fisher_loop(model, range(6), lambda k: model(x[k : k + 1]).log_softmax(-1).max())
-    omega = compute_importance(
-        model, [x[:4], x[4:]], MASConfig(method="ewc", ewc_sampled=True), show_progress=False
-    )
+    omega = compute_importance(model, [x[:4], x[4:]], EWCConfig(ewc_sampled=True), show_progress=False)
     assert_close(omega, ref)
 
 

@@ -11,10 +11,12 @@ from transformers import TrainerCallback, TrainingArguments
 
 from masllm import (
     DeploymentImportance,
+    LwFConfig,
     LwFTrainer,
     MASConfig,
     MASTrainer,
     Omega,
+    SIConfig,
     SynapticIntelligence,
     compute_importance,
     mean_imm,
@@ -63,7 +65,7 @@ class Trajectory(TrainerCallback):
 def test_si_path_integral_equals_sgd_trajectory_formula(tmp_path):
     """Plain SGD: delta theta = -lr g, so w = -sum g delta theta = sum (delta theta)^2 / lr."""
     model, lr, xi = Classifier(), 0.05, 0.1
-    cfg = MASConfig(method="si", si_xi=xi)
+    cfg = SIConfig(si_xi=xi)
     si, traj = SynapticIntelligence(cfg), Trajectory()
     MASTrainer(
         model,
@@ -93,8 +95,8 @@ def test_si_estimator_without_callback_says_how_to_fix():
 
 def test_lwf_loss_is_task_loss_plus_tempered_kl(tmp_path):
     model, teacher = Classifier(0), Classifier(1)
-    cfg = MASConfig(lwf_temperature=2.0, lwf_weight=0.7)
-    trainer = LwFTrainer(model, args(tmp_path), train_dataset=TeacherTask(1), mas_config=cfg, teacher=teacher)
+    cfg = LwFConfig(lwf_temperature=2.0, lwf_weight=0.7)
+    trainer = LwFTrainer(model, args(tmp_path), train_dataset=TeacherTask(1), lwf_config=cfg, teacher=teacher)
     task = TeacherTask(1)
     inputs = {"x": task.x[:16], "labels": task.y[:16]}
     loss = trainer.compute_loss(model, inputs)
@@ -103,7 +105,7 @@ def test_lwf_loss_is_task_loss_plus_tempered_kl(tmp_path):
     kl = (p_old * (p_old.log() - (z / 2).log_softmax(-1))).sum(-1).mean()
     expected = nn.functional.cross_entropy(z, task.y[:16]) + 0.7 * kl
     torch.testing.assert_close(loss, expected)
-    same = LwFTrainer(model, args(tmp_path), train_dataset=task, mas_config=cfg)  # teacher: frozen copy
+    same = LwFTrainer(model, args(tmp_path), train_dataset=task, lwf_config=cfg)  # teacher: frozen copy
     torch.testing.assert_close(same.compute_loss(model, inputs), nn.functional.cross_entropy(z, task.y[:16]))
     assert not any(p.requires_grad for p in same.teacher.parameters())
 

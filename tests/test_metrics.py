@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from masllm.metrics import acc, bwt, diagonal, forgetting_per_task, fwt, summarize
-from masllm.report import RunResult, build_report, format_report, layer_type, write_report
+from masllm.continual.metrics import acc, bwt, diagonal, forgetting_per_task, fwt, summarize
+from masllm.continual.report import RunResult, build_report, format_report, layer_type, write_report
 
 # Accuracy (higher is better), 3 tasks: R[i][j] after training task i, evaluated on task j.
 R_ACC = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from masllm.mnist import FILES, load_idx_dataset, permutations, permuted_tasks, split_tasks
+from masllm.tasks.vision.mnist import FILES, load_idx_dataset, permutations, permuted_tasks, split_tasks
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SUMS = DATA / "SHA256SUMS"

@@ -7,7 +7,6 @@ loop over the eval blocks, Omega by `compute_importance` on the saved models, su
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -20,23 +19,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+import masllm.continual as recipe
 from masllm import compute_importance
-from masllm.checkpoint import OMEGA_NAME, load_tensors
-from masllm.data import TASK_KINDS, causal_lm_collator
+from masllm.omega.io import OMEGA_NAME, load_tensors
+from masllm.tasks import TASK_KINDS
+from masllm.tasks.text import causal_lm_collator
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "recipes" / "configs" / "tiny.yaml")
-
-
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("sequential", ROOT / "recipes" / "sequential.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sequential"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
 
 
 def _argv(output_dir: Path, *extra: str) -> list[str]:
@@ -85,7 +75,7 @@ def test_recipe_end_to_end(uninterrupted):
 
     args = recipe.parse_args(_argv(out))
     seq = TASK_KINDS["causal_lm"](*[args[0], args[1], args[3]])
-    cfg = args[2].mas_config("mas", None)
+    cfg = args[2].run_config("mas", None).mas
     expected_omega: dict[str, torch.Tensor] = {}
     for k, task in enumerate(seq.tasks):
         step = out / "mas" / f"{k}-{task.name}"

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from masllm import data
-from masllm.data import DomainConfig, cut_blocks, load_domain, pack, train_bpe_tokenizer
+from masllm.tasks.text import domains as data
+from masllm.tasks.text import packing
+from masllm.tasks.text.domains import DomainConfig
+from masllm.tasks.text.packing import EOS, cut_blocks, load_domain, pack, train_bpe_tokenizer
 
 TEXTS = [f"document {i}: " + " ".join(f"word{(i * 7 + k) % 50}" for k in range(40)) for i in range(30)]
 
@@ -60,7 +62,7 @@ def test_local_sources_and_cache(tmp_path, tokenizer, layout, monkeypatch):
     assert got.tolist() == all_blocks[: len(got)].tolist()  # train then heldout, in order, disjoint
 
     calls = []
-    monkeypatch.setattr(data, "build_domain", lambda *a: calls.append(a))
+    monkeypatch.setattr(packing, "build_domain", lambda *a: calls.append(a))
     again = load_domain(domain, tokenizer, 16, tmp_path / "cache", seed=0)  # from the cache
     assert not calls and again["train"][:]["input_ids"].tolist() == sets["train"][:]["input_ids"].tolist()
 
@@ -79,7 +81,7 @@ def test_tokenizer_round_trip(tmp_path, tokenizer):
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     text = "any text, even ünïcode and code: x = {1: 2}"
     assert loaded.decode(loaded(text)["input_ids"]) == text
-    assert loaded.eos_token == loaded.pad_token == data.EOS
+    assert loaded.eos_token == loaded.pad_token == EOS
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,10 @@ import torch
 from test_recipe import _R, _argv, _launch, _reference_metrics, recipe
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from masllm import MASConfig, compute_importance, mode_imm
-from masllm.checkpoint import OMEGA_NAME, load_tensors
-from masllm.data import TASK_KINDS, causal_lm_collator
+from masllm import LwFConfig, MASConfig, compute_importance, mode_imm
+from masllm.omega.io import OMEGA_NAME, load_tensors
+from masllm.tasks import TASK_KINDS
+from masllm.tasks.text import causal_lm_collator
 
 RUNS = ("finetune", "si", "lwf", "mode_imm")
 
@@ -44,7 +45,7 @@ def test_lwf_distils(methods_run):
     """LwF's task 1 adds the distillation term: its row differs from fine-tuning's; no Omega kept."""
     out, report = methods_run
     assert not torch.allclose(_R(report, "lwf")[1], _R(report, "finetune")[1], rtol=1e-6, atol=0)
-    assert report["runs"]["lwf"]["reg_lambda"] == MASConfig().lwf_weight  # the strength shown is lambda_o
+    assert report["runs"]["lwf"]["reg_lambda"] == LwFConfig().lwf_weight  # the strength shown is lambda_o
     assert not (out / "lwf" / "1-code" / f"{OMEGA_NAME}.safetensors").exists()
 
 
@@ -122,7 +123,7 @@ def test_method_names_and_their_requirements(tmp_path):
     # online EWC: the recipe sets merge='decay' (gamma = merge_decay) and refuses another rule.
     cl_args = recipe.parse_args(_argv(tmp_path, "--method", "online_ewc", "--merge_decay", "0.8"))[2]
     assert cl_args.runs() == [("online_ewc", None)]  # the --method flag overrides the YAML's compare
-    config = cl_args.mas_config("online_ewc", None)
+    config = cl_args.run_config("online_ewc", None).mas
     assert (config.merge, config.merge_decay) == ("decay", 0.8)
     with pytest.raises(ValueError, match="'online_ewc' needs merge='decay'"):
         recipe.parse_args(_argv(tmp_path, "--method", "online_ewc", "--merge", "ema"))
@@ -136,7 +137,7 @@ def test_method_names_and_their_requirements(tmp_path):
     with pytest.raises(ValueError, match="'lwf' does not run under DeepSpeed ZeRO-3"):
         cl_args.check_backend(zero_stage=3)
     # `=value` sets LwF's lambda_o.
-    assert cl_args.mas_config("lwf", 0.25).lwf_weight == 0.25
+    assert cl_args.run_config("lwf", 0.25).trainer_kwargs["lwf_config"].lwf_weight == 0.25
 
 
 @pytest.mark.distributed

@@ -10,7 +10,7 @@ from reference import brute_force_omega
 from transformers import TrainingArguments, default_data_collator
 
 from masllm import MASConfig, MASTrainer, compute_importance
-from masllm.vision import (
+from masllm.tasks.vision import (
     MultiHeadClassifier,
     TaskDataset,
     accuracy,
@@ -150,8 +150,8 @@ def test_tiny_split_mnist_sequence_through_mastrainer(tmp_path):
     """Three Split-MNIST tasks (300 images each) through MASTrainer and compute_importance: every task
     is learnt when it comes, and MAS keeps the weights task 0 relies on much closer to theta*_0 than
     fine-tuning from the same start (the drift sum Omega_0 (theta - theta*_0)^2, measured)."""
-    from masllm.mnist import load_idx_dataset, split_tasks
     from masllm.penalty import penalty_value
+    from masllm.tasks.vision.mnist import load_idx_dataset, split_tasks
 
     data = load_idx_dataset(DATA / "mnist")
     small = {k: v[:2000] for k, v in data.items()}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from masllm.data import TASK_KINDS
-from masllm.vision_tasks import VisionTaskConfig, vision_sequence
+import masllm.continual as recipe
+from masllm.tasks import TASK_KINDS
+from masllm.tasks.vision.kind import VisionTaskConfig, vision_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -40,7 +39,7 @@ def test_idx_tasks_split_permuted_and_importance_sources():
     a, b = seq.tasks
     assert len(a.train_dataset) == 50 and set(a.train_dataset.y.tolist()) == {0, 1}
     assert len(a.importance_dataset) == 20 and a.importance_dataset.y is None
-    from masllm.mnist import load_idx_dataset, to_float
+    from masllm.tasks.vision.mnist import load_idx_dataset, to_float
 
     raw = load_idx_dataset(mnist)
     fives = to_float(raw["test_images"][raw["test_labels"] == 5][:20])
@@ -95,20 +94,11 @@ def test_image_folder_task_resizes_normalises_and_trains_heads(tmp_path):
     assert model(**batch).logits.shape == (6, 2)
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("sequential", ROOT / "recipes" / "sequential.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sequential"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @needs_data
-@pytest.mark.skipif("vision" not in TASK_KINDS, reason="the vision kind is not registered in masllm.data")
+@pytest.mark.skipif("vision" not in TASK_KINDS, reason="the vision kind is not registered in masllm.tasks")
 def test_split_mnist_recipe_end_to_end(tmp_path):
     """recipes/configs/split_mnist.yaml, shrunk: 2 tasks, finetune and MAS, rows of R = accuracies that
     a plain loop over the saved models reproduces."""
-    recipe = _load_recipe()
     config = yaml.safe_load((ROOT / "recipes" / "configs" / "split_mnist.yaml").read_text())
     domains = [dict(d, max_train=256, max_eval=200, max_importance=64) for d in config["domains"][:2]]
     for d in domains:
@@ -124,7 +114,7 @@ def test_split_mnist_recipe_end_to_end(tmp_path):
     assert len(R) == 2 and R[0][0] > 90 and R[1][1] > 80
     from safetensors.torch import load_file
 
-    from masllm.vision import accuracy
+    from masllm.tasks.vision import accuracy
 
     seq = vision_sequence(*_args(domains, {"backbone": "mlp", "in_features": 784, "hidden_sizes": [32]}))
     model = seq.model_init(None)

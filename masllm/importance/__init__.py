@@ -1,113 +1,23 @@
-"""Importance estimators, by name, and `compute_importance`, the one entry point.
+"""Importance (Omega) over unlabeled data: `compute_importance` and the estimators by name.
 
-An estimator takes an `ImportanceContext` and an iterable of unlabeled batches and returns
-per-parameter sums with the sample and batch counts; `compute_importance` does the rest the same
-way for all of them: model mode, gradient stashing, progress bar, normalisation (Eq. 2's 1/N),
-anchors theta*, and packing the result into an `Omega`.
+- `compute`: `compute_importance`, the procedure shared by every estimator;
+- `estimators/`: mas, mas_vector, lmas, spp, ewc / online_ewc, l2 (each registers itself);
+- `per_sample` + `layers`: exact sum_k fn(g_k) in one backward pass; `accumulate`: the loops over
+  micro-batches built on it; `context`: what an estimator is handed;
+- `data`: datasets to micro-batches; `ranks`: the share of each rank, DeepSpeed's engine backward.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable, Iterable
-from typing import Any
-
-from torch import nn
-from tqdm.auto import tqdm
-
-from .. import sharding
-from ..config import MASConfig
-from ..omega import Omega
-from .batches import as_batches, limit_samples
+from ..registry import ESTIMATORS
+from . import estimators  # noqa: F401  (registers the built-in estimators)
+from .compute import compute_importance, trainable_parameters
 from .context import ImportanceContext, ImportanceSums
-from .distributed import Lockstep, combine, rank_share, use_engine
-from .fisher import fisher_importance
-from .lmas import lmas_importance
-from .mas import mas_importance
-from .path_integral import si_importance
-from .spp import spp_importance
-from .uniform import uniform_importance
-from .vector import vector_importance
+from .estimators.fisher import EWCConfig
 
-Estimator = Callable[[ImportanceContext, Iterable[Any]], ImportanceSums]
-ESTIMATORS: dict[str, Estimator] = {
-    "mas": mas_importance,
-    "l2": uniform_importance,
-    "ewc": fisher_importance,
-    "online_ewc": fisher_importance,  # merged with merge='decay' (MASConfig checks it)
-    "lmas": lmas_importance,
-    "mas_vector": vector_importance,
-    "spp": spp_importance,
-    "si": si_importance,  # reads what masllm.SynapticIntelligence recorded during training
-}
-
-
-def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters Omega covers: those that train (a frozen LoRA base has no Omega)."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def compute_importance(
-    model: nn.Module,
-    data: Any,
-    config: MASConfig | None = None,
-    *,
-    task_name: str = "task",
-    collate_fn: Callable | None = None,
-    show_progress: bool = True,
-) -> Omega:
-    """Estimate Omega for `model` on unlabeled `data` (Dataset, DataLoader or iterable of batches).
-
-    The result's anchors are the model's current weights: merge it into the running Omega with
-    `omega.merge(new)` after each task. With a process group, every rank must call this: a Dataset
-    is split across ranks, an iterable is taken as this rank's share, and N counts all ranks'
-    samples. Under DeepSpeed ZeRO pass the engine (`trainer.model_wrapped`): the result then
-    holds this rank's slices of Omega and theta* (see `masllm.sharding`).
-    """
-    config = config or MASConfig()
-    engine = sharding.deepspeed_engine(model)
-    if engine is not None:
-        model = engine.module
-    elif isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module  # a plain backward on the module: no DDP all-reduce of |g| sums
-    params = trainable_parameters(model)
-    if not params:
-        raise ValueError("The model has no trainable parameters: nothing to estimate importance for")
-    rank, world_size = sharding.world()
-    data, cap = rank_share(data, config, rank, world_size)
-    batches = limit_samples(as_batches(data, config.importance_batch_size, collate_fn), cap)
-    lockstep = Lockstep(batches) if engine is not None else None
-    bar = tqdm(
-        desc=f"importance ({config.method}, {task_name})",
-        unit="sample",
-        disable=not show_progress or rank != 0,
-    )
-    device = next(iter(params.values())).device
-    ctx = ImportanceContext(model, params, config, device, progress=bar.update)
-    if engine is not None:
-        use_engine(ctx, engine, lockstep)
-    stash = {n: p.grad for n, p in params.items()}
-    was_training = model.training
-    model.train(config.model_mode == "train")
-    try:
-        ctx.zero_grads()
-        result = ESTIMATORS[config.method](ctx, lockstep if lockstep is not None else batches)
-    finally:
-        ctx.zero_grads()
-        for n, p in params.items():
-            p.grad = stash[n]
-        model.train(was_training)
-        bar.close()
-    if world_size > 1:
-        result = combine(result, lockstep)
-    if result.num_samples == 0:
-        raise ValueError("The importance data yielded no samples: Omega needs at least one (Eq. 2)")
-    denom = result.num_samples if config.normalize == "samples" else result.num_batches
-    importance = {n: t.div_(denom) for n, t in result.sums.items()}  # Eq. 2: 1/N sum_k
-    task = {"name": task_name, "num_samples": result.num_samples, "method": config.method}
-    omega = Omega(importance, config=config, tasks=[task])
-    if ctx.local is not None:
-        return omega.set_local_anchors(ctx.local.values(), ctx.local.shards)
-    return omega.set_anchors(model)
-
-
-__all__ = ["ESTIMATORS", "ImportanceContext", "ImportanceSums", "compute_importance", "trainable_parameters"]
+__all__ = [
+    "ESTIMATORS",
+    "EWCConfig",
+    "ImportanceContext",
+    "ImportanceSums",
+    "compute_importance",
+    "trainable_parameters",
+]

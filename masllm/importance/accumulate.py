@@ -10,32 +10,18 @@ per-sample gradients cannot be formed it falls back, with a warning, to one samp
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from .batches import Batch, batch_size
+from ..batch import Batch, batch_size, slice_batch
 from .context import ImportanceContext, ImportanceSums
 from .per_sample import PerSampleAbsGrad, PerSampleMismatch, Transform
 
 # (full batch, labels included) -> sum over its samples of the per-sample scalar
 BatchLoss = Callable[[Batch], torch.Tensor]
-
-
-def slice_full_batch(batch: Batch, start: int, stop: int) -> Batch:
-    """Samples [start, stop) of a whole batch, labels included (unlike batches.slice_batch)."""
-    B = batch_size(batch)
-
-    def cut(v: Any) -> Any:
-        return v[start:stop] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B else v
-
-    if isinstance(batch, Mapping):
-        return {k: cut(v) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(cut(v) for v in batch)
-    return cut(batch)
 
 
 class _TransformOfBatchGrad:
@@ -76,7 +62,7 @@ def accumulate_per_sample(
                     hooks, one_at_a_time = _TransformOfBatchGrad(ctx.params, transform), True
             if one_at_a_time:
                 for k in range(B):
-                    ctx.backward(loss_fn(slice_full_batch(batch, k, k + 1)))
+                    ctx.backward(loss_fn(slice_batch(batch, k, k + 1, labels=True)))
             n_samples += B
             n_batches += 1
             ctx.progress(B)

@@ -3,7 +3,7 @@
 Gradient-based estimators (MAS, EWC, SPP) accumulate their per-parameter sums in the parameters'
 gradients across micro-batches, through `backward`, and read them once at the end with
 `read_grads`. On one process these are `loss.backward()` and `p.grad`; under DeepSpeed ZeRO they are
-the engine's backward and the rank's local gradient partition (masllm.sharding), so estimators
+the engine's backward and the rank's local gradient partition (masllm.distributed.zero), so estimators
 never know which.
 """
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import MASConfig
-from ..sharding import LocalShards
+from ..distributed.zero import LocalShards
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ImportanceContext:
     device: torch.device
     progress: Callable[[int], None] = lambda n: None
     backward: Callable[[torch.Tensor], None] = field(default=lambda loss: loss.backward())
-    local: LocalShards | None = None  # under ZeRO: the rank's slices (see importance.distributed)
+    local: LocalShards | None = None  # under ZeRO: the rank's slices (see importance.ranks)
     engine: Any = None  # under ZeRO: sums the reduced slices of each backward (`read`, `reset`)
 
     def read_grads(self) -> dict[str, torch.Tensor]:

@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the s
 from conftest import tiny_gpt2  # noqa: E402
 from distributed.two_tasks import ListDataset, save_omega, task_data  # noqa: E402
 
-from masllm import MASConfig, MASTrainer, compute_importance  # noqa: E402
-from masllm.teardown import exit_process  # noqa: E402
+from masllm import EWCConfig, MASConfig, MASTrainer, compute_importance  # noqa: E402
+from masllm.distributed import exit_process  # noqa: E402
 
 METHODS = {
     "ewc": MASConfig(method="ewc", importance_batch_size=3),
     "l2": MASConfig(method="l2", importance_batch_size=3),
-    "ewc_sampled": MASConfig(method="ewc", ewc_sampled=True, importance_batch_size=3),
+    "ewc_sampled": EWCConfig(ewc_sampled=True, importance_batch_size=3),
     "spp": MASConfig(method="spp", importance_batch_size=3),
     "mas_hidden": MASConfig(
         method="mas", output="hidden_states", importance_batch_size=3

@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the s
 from conftest import tiny_gpt2  # noqa: E402
 
 from masllm import MASConfig, MASTrainer, Omega, compute_importance  # noqa: E402
-from masllm.consolidate import load_omega_shards, save_omega_consolidated  # noqa: E402
-from masllm.sharding import LocalShards, deepspeed_engine, world  # noqa: E402
-from masllm.teardown import exit_process  # noqa: E402
+from masllm.distributed import exit_process  # noqa: E402
+from masllm.distributed.comm import world  # noqa: E402
+from masllm.distributed.zero import LocalShards, deepspeed_engine  # noqa: E402
+from masllm.omega.sharded import load_omega_shards, save_omega_consolidated  # noqa: E402
 
 
 class ListDataset(Dataset):
@@ -76,7 +77,7 @@ def args_for(out: Path, name: str, save_steps: int | None = None, bf16: bool = F
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
         report_to=[],
-        use_cpu=True,  # without it each CPU rank would silently train alone (DESIGN.md)
+        use_cpu=True,  # without it each CPU rank would silently train alone
         seed=0,
         train_sampling_strategy="sequential",
         disable_tqdm=True,

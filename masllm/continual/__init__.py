@@ -1,0 +1,33 @@
+"""The continual loop: a task sequence learnt one task at a time, every method, and the report.
+
+- `arguments`: the run's dataclasses (`HfArgumentParser`, YAML defaults), one `RunConfig` per run;
+- `methods`: what each method adds to the loop (`Method`, `METHODS`, `method_of`);
+- `loop`: `run_sequence` (train -> importance -> evaluate -> save, with resume); `imm_step`: IMM;
+- `run`: `main(argv)`, what `masllm sequential` and `recipes/sequential.py` call;
+- `metrics`: R and ACC / BWT / FWT / forgetting; `report`: report.json / report.md / plots.
+"""
+
+from .arguments import ContinualArguments, DataArguments, ModelArguments, RunConfig, make_parser, parse_args
+from .imm_step import IMM_DIR, IMM_FISHER
+from .loop import ROW_FILE, run_sequence
+from .methods import FINETUNE, METHODS, Method, method_of, methods
+from .run import main
+
+__all__ = [
+    "FINETUNE",
+    "IMM_DIR",
+    "IMM_FISHER",
+    "METHODS",
+    "ROW_FILE",
+    "ContinualArguments",
+    "DataArguments",
+    "Method",
+    "ModelArguments",
+    "RunConfig",
+    "main",
+    "make_parser",
+    "method_of",
+    "methods",
+    "parse_args",
+    "run_sequence",
+]

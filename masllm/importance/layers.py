@@ -1,0 +1,173 @@
+"""Per-sample gradients of one layer's own parameters, from its input and its output gradient.
+
+For a Linear layer y = W x + b over positions t, g_k(W) = sum_t dy_kt x_kt^T and g_k(b) = sum_t dy_kt:
+quantities the backward pass already has. Each fast path returns, per parameter name, an object that
+can hand out `transformed_sum(fn)` = sum_k fn(g_k) (|.| for MAS, square for the Fisher), `sum()`
+(= autograd's batch gradient, for the exactness check) and `add_to(buf)` (a tied parameter's
+contributions are summed per sample before fn). Fast paths: nn.Linear, transformers' Conv1D,
+nn.Embedding (sparse rows), nn.LayerNorm; any other module goes through `generic_per_sample`
+(torch.func vmap of a vjp through that module alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def reduce_samples(t: torch.Tensor, fn: Transform) -> torch.Tensor:
+    """sum_k fn(t_k) over dim 0, consuming `t`: |.| and square run in place (no (B, *shape) temporary)."""
+    inplace = {torch.abs: torch.Tensor.abs_, torch.square: torch.Tensor.square_}.get(fn)
+    return (inplace(t) if inplace else fn(t)).sum(0)
+
+
+class _Dense:
+    """Per-sample gradients as a dense (B, *shape) tensor."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t = t
+
+    def transformed_sum(self, fn: Transform) -> torch.Tensor:
+        return reduce_samples(self.t, fn)
+
+    def sum(self) -> torch.Tensor:
+        return self.t.sum(0)
+
+    def add_to(self, buf: torch.Tensor) -> None:
+        buf += self.t
+
+
+class _Rows:
+    """Per-sample gradients of an embedding table, as the rows each sample touched."""
+
+    def __init__(self, ids: torch.Tensor, grad: torch.Tensor, num_rows: int) -> None:
+        B, d = ids.shape[0], grad.shape[-1]
+        self.num_rows, self.batch = num_rows, B
+        key = (torch.arange(B, device=ids.device)[:, None] * num_rows + ids.reshape(B, -1)).reshape(-1)
+        self.keys, inverse = torch.unique(key, return_inverse=True)  # one entry per (sample, row)
+        self.vals = grad.new_zeros(len(self.keys), d).index_add_(0, inverse, grad.reshape(-1, d))
+
+    def _scatter(self, vals: torch.Tensor) -> torch.Tensor:
+        return vals.new_zeros(self.num_rows, vals.shape[1]).index_add_(0, self.keys % self.num_rows, vals)
+
+    def transformed_sum(self, fn: Transform) -> torch.Tensor:
+        return self._scatter(fn(self.vals))  # rows a sample did not touch: fn(0) = 0
+
+    def sum(self) -> torch.Tensor:
+        return self._scatter(self.vals)
+
+    def add_to(self, buf: torch.Tensor) -> None:
+        buf.view(self.batch * self.num_rows, -1).index_add_(0, self.keys, self.vals)
+
+
+class _Outer:
+    """Per-sample gradients g_k x_k^T of a layer that sees one position per sample, kept factored:
+    for |.| and square, sum_k fn(g_k x_k^T) = fn(G)^T fn(X), one matmul and no (B, out, in) tensor."""
+
+    def __init__(self, g: torch.Tensor, x: torch.Tensor) -> None:
+        self.g, self.x = g, x  # (B, out), (B, in)
+
+    def transformed_sum(self, fn: Transform) -> torch.Tensor:
+        if fn in (torch.abs, torch.square):
+            return fn(self.g).T @ fn(self.x)
+        return reduce_samples(self.dense(), fn)
+
+    def sum(self) -> torch.Tensor:
+        return self.g.T @ self.x
+
+    def dense(self) -> torch.Tensor:
+        return self.g[:, :, None] * self.x[:, None, :]
+
+    def add_to(self, buf: torch.Tensor) -> None:
+        buf += self.dense()
+
+
+def _flat(x: torch.Tensor, B: int) -> torch.Tensor:
+    return x.reshape(B, -1, x.shape[-1])  # (B, positions, features)
+
+
+def _linear(module: nn.Linear, x: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
+    if g.dim() == 2:  # one position per sample (an MLP): keep g_k x_k^T factored
+        out: dict[str, Any] = {"weight": _Outer(g, x.to(g.dtype))}
+        if module.bias is not None:
+            out["bias"] = _Dense(g.clone())  # a copy: the reduction works in place, g is autograd's
+        return out
+    x, g = _flat(x, g.shape[0]), _flat(g, g.shape[0])
+    out = {"weight": _Dense(torch.bmm(g.transpose(1, 2), x.to(g.dtype)))}  # (B, out, in)
+    if module.bias is not None:
+        out["bias"] = _Dense(g.sum(1))
+    return out
+
+
+def _conv1d(module: Conv1D, x: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
+    x, g = _flat(x, g.shape[0]), _flat(g, g.shape[0])
+    return {
+        "weight": _Dense(torch.bmm(x.to(g.dtype).transpose(1, 2), g)),
+        "bias": _Dense(g.sum(1)),
+    }  # (B, in, out)
+
+
+def _embedding(module: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
+    if module.padding_idx is not None:  # autograd gives the padding row no gradient
+        g = g * (ids != module.padding_idx).unsqueeze(-1).to(g.dtype)
+    return {"weight": _Rows(ids, g, module.num_embeddings)}
+
+
+def _layer_norm(module: nn.LayerNorm, x: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
+    shape = module.normalized_shape
+    xhat = nn.functional.layer_norm(x.to(g.dtype), shape, eps=module.eps)
+    B = g.shape[0]
+    out = {"weight": _Dense((g * xhat).reshape(B, -1, *shape).sum(1))}
+    if module.bias is not None:
+        out["bias"] = _Dense(g.reshape(B, -1, *shape).sum(1))
+    return out
+
+
+FAST_PATHS: dict[type, Callable[..., dict[str, Any]]] = {
+    nn.Linear: _linear,
+    Conv1D: _conv1d,
+    nn.Embedding: _embedding,
+    nn.LayerNorm: _layer_norm,
+}
+
+
+def generic_per_sample(
+    module: nn.Module, args: tuple, kwargs: dict, names: list[str], g: torch.Tensor
+) -> dict[str, Any]:
+    """Per-sample gradients of `module`'s own parameters by vmap over a vjp through its forward."""
+    B = g.shape[0]
+    batched = [isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == B for a in args]
+    params = {n: getattr(module, n).detach() for n in names}
+    # every other tensor of the module (children's parameters too) enters as a constant: a real
+    # leaf in the replay would get the inner backward's gradient accumulated into it
+    rest = {
+        n: t.detach() for n, t in (*module.named_parameters(), *module.named_buffers()) if n not in params
+    }
+
+    def one(sample_args: tuple, g_k: torch.Tensor) -> dict[str, torch.Tensor]:
+        args_k = tuple(a.unsqueeze(0) if b else a for a, b in zip(sample_args, batched))
+        call = lambda p: torch.func.functional_call(module, {**rest, **p}, args_k, kwargs)  # noqa: E731
+        _, vjp_fn = torch.func.vjp(call, params)
+        return vjp_fn(g_k.unsqueeze(0).to(g.dtype))[0]
+
+    in_dims = (tuple(0 if b else None for b in batched), 0)
+    # a clone: the inner backward may accumulate into its incoming gradient in place, and `g` is
+    # still the outer backward's gradient of this module's output
+    detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    grads = torch.func.vmap(one, in_dims=in_dims)(detached, g.clone())
+    # clones: a vjp may return one parameter's gradient as a view of another's (ViT's cls_token is
+    # a slice of what position_embeddings gets), and the reduction consumes them in place
+    return {n: _Dense(t.clone()) for n, t in grads.items()}
+
+
+def fast_path(module: nn.Module) -> Callable[..., dict[str, Any]] | None:
+    for kind, fn in FAST_PATHS.items():
+        if type(module) is kind or (isinstance(module, kind) and type(module).forward is kind.forward):
+            return fn
+    return None

@@ -1,0 +1,87 @@
+"""The contract between a task kind and the continual loop: `Task` and `TaskSequence`.
+
+A kind (`causal_lm`, `vision`, `facts`) is a builder `(model_args, data_args, training_args) ->
+TaskSequence`, registered in `masllm.tasks.TASK_KINDS`; the loop (`masllm.continual`) sees nothing
+else of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from torch import nn
+
+from ..registry import did_you_mean
+
+C = TypeVar("C")
+
+
+@dataclass
+class Task:
+    """One step of a sequence: train on `train_dataset`, estimate Omega on `importance_dataset`
+    (no labels needed), and be evaluated on `eval_dataset` after every step.
+
+    `evaluate(trainer, task)` returns the metrics that feed R (names listed in the sequence's
+    `metrics`); None uses `evaluate_with_trainer` (`Trainer.evaluate` + perplexity).
+    """
+
+    name: str
+    train_dataset: Any
+    importance_dataset: Any
+    eval_dataset: Any
+    data_collator: Callable | None = None
+    evaluate: Callable[[Any, Task], dict[str, float]] | None = None
+    training_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskSequence:
+    """What a kind builds: the tasks in order and how to make the model.
+
+    `model_init(path)` returns the model, freshly built (`path=None`) or loaded from a directory the
+    recipe saved with `Trainer.save_model`. `metrics` maps each reported metric to True when higher
+    is better; `primary_metric` is the one the printed table leads with. `trainer_kwargs` go to every
+    Trainer (e.g. `compute_metrics`).
+    """
+
+    tasks: list[Task]
+    model_init: Callable[[str | None], nn.Module]
+    metrics: dict[str, bool]
+    primary_metric: str
+    processing_class: Any = None
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("A task sequence needs at least one task")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Task names must be unique, got {names}")
+        if self.primary_metric not in self.metrics:
+            raise ValueError(f"primary_metric {self.primary_metric!r} is not one of {list(self.metrics)}")
+
+
+def evaluate_with_trainer(trainer: Any, task: Task) -> dict[str, float]:
+    """The metrics of the Trainer's `compute_metrics` on the task's eval set (any world size)."""
+    prefix = f"eval_{task.name}"
+    out = trainer.evaluate(task.eval_dataset, metric_key_prefix=prefix)
+    skip = {"loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time"}
+    metrics = {k.removeprefix(prefix + "_"): v for k, v in out.items() if k.startswith(prefix + "_")}
+    return {k: float(v) for k, v in metrics.items() if k not in skip}
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any], what: str) -> C:
+    """`cls(**data)` for one entry of the YAML's `domains:`, refusing (and naming) unknown fields."""
+    if not isinstance(data, dict):
+        raise ValueError(f"Each {what} entry must be a mapping of fields, got {data!r}")
+    known = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        entry = f" {data['name']!r}" if "name" in data else ""
+        raise ValueError(
+            f"Unknown {what} fields {unknown} in{entry or ' an entry'}{did_you_mean(unknown[0], known)}; "
+            f"known fields are {known}"
+        )
+    return cls(**data)

@@ -1,0 +1,111 @@
+"""The `causal_lm` task kind: text domains as next-token prediction tasks, and their metrics.
+
+Reads `model_args.model_name_or_path | model_config`, `tokenizer_name_or_path`, `vocab_size`, and
+`data_args.domains`, `block_size`, `cache_dir`, `document_seed`, `tokenizer_chars_per_domain`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..base import Task, TaskSequence
+from .domains import DomainConfig
+from .packing import load_domain, load_or_train_tokenizer
+
+
+def causal_lm_collator(features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack packed blocks; labels = inputs (the model shifts them). Blocks are full: no padding."""
+    input_ids = torch.stack([torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features])
+    return {"input_ids": input_ids, "labels": input_ids.clone()}
+
+
+def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample: (sum of next-token NLL, correct next tokens, tokens), instead of (B, T, V) logits.
+
+    Perplexity is computed from these sums, not from `Trainer.evaluate`'s `eval_loss`: that one
+    divides by the count of unshifted labels (B*T instead of B*(T-1)) in transformers 5.
+    """
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    logits, target = logits[:, :-1].float(), labels[:, 1:]  # prediction at t scores the token at t+1
+    mask = target != -100
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+    correct = (logits.argmax(-1) == target) & mask
+    return torch.stack([(nll * mask).sum(1), correct.sum(1).float(), mask.sum(1).float()], dim=1)
+
+
+def token_metrics(eval_pred: Any) -> dict[str, float]:
+    """Mean next-token NLL, perplexity = exp(NLL) and token accuracy over all evaluated tokens."""
+    nll, correct, count = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3).sum(0)
+    return {"nll": nll / count, "perplexity": math.exp(min(nll / count, 50.0)), "accuracy": correct / count}
+
+
+def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> TaskSequence:
+    """Tasks from `data_args.domains`, a causal LM from `model_args` (hub name / path, or a config).
+
+    Reads `model_args.model_name_or_path | model_config`, `tokenizer_name_or_path`, `vocab_size`,
+    and `data_args.domains`, `block_size`, `cache_dir`, `document_seed`, `tokenizer_chars_per_domain`.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    domains = [DomainConfig.from_dict(d) for d in data_args.domains]
+    cache_dir = Path(data_args.cache_dir)
+    source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    with training_args.main_process_first(desc="tokenizer and packed domains"):
+        if source:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        else:
+            tokenizer = load_or_train_tokenizer(
+                domains,
+                model_args.vocab_size,
+                cache_dir,
+                data_args.document_seed,
+                data_args.tokenizer_chars_per_domain,
+            )
+        packed = [
+            load_domain(d, tokenizer, data_args.block_size, cache_dir, data_args.document_seed)
+            for d in domains
+        ]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    def model_init(path: str | None) -> nn.Module:
+        if path is not None or model_args.model_name_or_path:
+            return AutoModelForCausalLM.from_pretrained(path or model_args.model_name_or_path)
+        if not model_args.model_config:
+            raise ValueError("Give model_name_or_path or model_config (a dict with model_type)")
+        config = dict(model_args.model_config)
+        config.setdefault("vocab_size", len(tokenizer))
+        config.update(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        config = AutoConfig.for_model(**config)
+        torch.manual_seed(training_args.seed)
+        # The class itself, not `from_config`: under ZeRO-3 that initialises inside zero.Init, whose
+        # partitioned random init differs from one process's (the engine partitions the model later).
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
+
+    tasks = [
+        Task(
+            name=d.name,
+            train_dataset=p["train"],
+            importance_dataset=p["importance"],
+            eval_dataset=p["eval"],
+            data_collator=causal_lm_collator,
+            training_overrides=d.training,
+        )
+        for d, p in zip(domains, packed)
+    ]
+    return TaskSequence(
+        tasks=tasks,
+        model_init=model_init,
+        metrics={"perplexity": False, "accuracy": True, "nll": False},
+        primary_metric="perplexity",
+        processing_class=tokenizer,
+        trainer_kwargs={"compute_metrics": token_metrics, "preprocess_logits_for_metrics": token_statistics},
+    )
