@@ -9,7 +9,11 @@ Three optimizer steps on the same GPT-2-shaped model (~25M parameters, CPU, Adam
 - masllm: MASTrainer, the penalty gradient 2 lambda Omega (theta - theta*) added with foreach ops;
 - loss-term: the penalty most libraries use, a Python loop of (Omega * (p - p_old)**2).sum() added
   to the loss, so autograd builds and back-propagates through it.
-Target (issue 2): masllm <= 1.03x plain.
+Target: masllm <= 1.03x plain.
+
+Then the peak memory the penalty step itself adds (resident high-water mark, CPU): masllm's
+chunked foreach ops against the same two passes on whole tensors (a full parameter-sized
+temporary theta - theta*). Target: <= 1/8 of the parameter bytes.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import argparse
 import tempfile
 
 import torch
-from common import gpt2_25m, interleaved, num_params, print_table
+from common import gpt2_25m, interleaved, num_params, peak_extra_bytes, print_table
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 from masllm import MASConfig, MASTrainer, Omega
+from masllm.penalty import add_penalty_grad_
 
 
 class Tokens(Dataset):
@@ -74,6 +79,30 @@ def make_stepper(trainer: Trainer):
     return step
 
 
+def penalty_memory(model, omega: Omega) -> None:
+    """Peak extra bytes of one penalty step: chunked (masllm) vs whole-tensor foreach."""
+    names = list(omega.importance)
+    params = dict(model.named_parameters())
+    theta = [params[n].detach() for n in names]
+    grads = [torch.zeros_like(t) for t in theta]
+    omegas, anchors = [omega[n] for n in names], [omega.anchors[n] for n in names]
+
+    def whole():
+        diff = torch._foreach_sub(theta, anchors)
+        torch._foreach_addcmul_(grads, omegas, diff, value=2.0)
+
+    param_bytes = sum(t.numel() * t.element_size() for t in theta)
+    print(f"\npeak extra memory of one penalty step (parameters: {param_bytes / 2**20:.1f} MiB)")
+    for name, fn in {
+        "masllm (chunked foreach)": lambda: add_penalty_grad_(theta, grads, omegas, anchors, 1.0),
+        "whole-tensor foreach": whole,
+    }.items():
+        extra = peak_extra_bytes(fn)
+        print(
+            f"{name:<34} {extra / 2**20:>8.1f} MiB = {extra / param_bytes:.3f} x parameter bytes   target <= 0.125"
+        )
+
+
 def main(rounds: int, batch: int, seq: int) -> None:
     torch.set_num_threads(1)
     model = gpt2_25m()
@@ -101,6 +130,7 @@ def main(rounds: int, batch: int, seq: int) -> None:
     print_table(
         "seconds per optimizer step", medians, "plain Trainer", {"MASTrainer (grad, foreach)": "<= 1.03x"}
     )
+    penalty_memory(model, omega)
 
 
 if __name__ == "__main__":

@@ -120,3 +120,23 @@ def test_omega_not_matching_the_model_is_refused(tmp_path):
         MASTrainer(
             tiny_gpt2(), TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]), omega=omega
         )
+
+
+def test_penalty_runs_in_bounded_chunks_with_the_exact_result(monkeypatch):
+    """The temporary theta - theta* is cut into chunks (tensors split into views): same gradient and
+    value as the unchunked formula, and no chunk larger than its bound."""
+    import masllm.penalty as penalty
+
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(1000, generator=g), torch.randn(37, 11, generator=g), torch.randn(5, generator=g)]
+    anchors = [p + 0.1 * torch.randn(p.shape, generator=g) for p in params]
+    omegas = [torch.rand(p.shape, generator=g) for p in params]
+    sizes = [sum(t.numel() for t in group[0]) for group in penalty.chunked(params, omegas, size=100)]
+    assert max(sizes) == 100 and sum(sizes) == sum(p.numel() for p in params) and len(sizes) == 15
+    monkeypatch.setattr(penalty, "MIN_CHUNK", 7)  # 1407 elements / 8 -> chunks of 175
+    grads = [torch.ones_like(p) for p in params]
+    add_penalty_grad_(params, grads, omegas, anchors, weight=0.5)
+    for grad, p, o, a in zip(grads, params, omegas, anchors):
+        torch.testing.assert_close(grad, 1 + 2 * 0.5 * o * (p - a), rtol=1e-6, atol=1e-7)
+    expected = 0.5 * sum((o * (p - a) ** 2).sum() for p, o, a in zip(params, omegas, anchors))
+    torch.testing.assert_close(penalty_value(params, omegas, anchors, 0.5), expected.float())
