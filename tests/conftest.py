@@ -86,6 +86,31 @@ def tiny_vit_classifier(seed: int = 0):
     return ViTForImageClassification(cfg)
 
 
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)  # fmt: skip
+    return LlamaForCausalLM(cfg)
+
+
+def tiny_gemma3(seed: int = 0):
+    """Gemma 3's shape: a tied, scaled (sqrt(d)) embedding, (1 + w) RMSNorms, q/k norms."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                           max_position_embeddings=32, sliding_window=8, query_pre_attn_scalar=8)  # fmt: skip
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():  # Gemma initialises its norm weights to 0 (scale 1 + w): give them values
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.normal_(0, 0.1)
+    return model
+
+
 def padded_lm_batch(n: int = 6, length: int = 10, vocab: int = 50, seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (n, length), generator=g)

@@ -10,7 +10,9 @@ from conftest import (
     padded_lm_batch,
     tiny_bert_classifier,
     tiny_convnet,
+    tiny_gemma3,
     tiny_gpt2,
+    tiny_llama,
     tiny_mlp,
     tiny_vit_classifier,
 )
@@ -37,6 +39,9 @@ CASES = {
     "convnet": (tiny_convnet, lambda: torch.randn(5, 1, 7, 7, generator=torch.Generator().manual_seed(0))),
     # HF sequence classifier: padded batch, broadcast position ids, token-type embeddings
     "bert_classifier": (tiny_bert_classifier, lambda: padded_lm_batch(n=5, length=9, vocab=40)),
+    # Llama: RMSNorm (torch.func path), untied; Gemma 3: a tied embedding scaled by sqrt(d) (fused route)
+    "llama_padded": (tiny_llama, padded_lm_batch),
+    "gemma3_padded": (tiny_gemma3, padded_lm_batch),
     # HF image classifier: Conv2d patches and ViTEmbeddings' own cls_token / position_embeddings (torch.func path)
     "vit_classifier": (
         tiny_vit_classifier,
@@ -145,3 +150,19 @@ def test_tied_embedding_with_hidden_state_output_stays_batched():
         warnings.simplefilter("error", UserWarning)
         omega = compute_importance(model, [data], MASConfig(output="hidden_states"), show_progress=False)
     assert_close(omega, ref)
+
+
+def test_fused_route_covers_linear_conv1d_embedding_and_the_tie():
+    """Linear / Conv1D / Embedding weights (and a tied embedding + output layer) get sum_k |g_k| from
+    the fused backward, in place of autograd's gradient; norms stay on the hook path."""
+    from masllm.importance.fused import FusedLayers
+
+    for model, hooked in ((tiny_gpt2(), "ln_"), (tiny_gemma3(), "norm")):
+        params = dict(model.named_parameters())
+        fused = FusedLayers(model, params, torch.abs, replaying=lambda: False, check=True)
+        try:
+            names = {n for n, p in params.items() if id(p) in fused.covered}
+            assert names == {n for n in params if hooked not in n}, sorted(set(params) - names)
+        finally:
+            fused.remove()
+        assert "forward" not in vars(model.get_input_embeddings())  # the class's forward is back

@@ -21,6 +21,10 @@ from transformers.pytorch_utils import Conv1D
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+class PerSampleMismatch(RuntimeError):
+    """Per-sample gradients could not be formed for some parameter in this batch."""
+
+
 def reduce_samples(t: torch.Tensor, fn: Transform) -> torch.Tensor:
     """sum_k fn(t_k) over dim 0, consuming `t`: |.| and square run in place (no (B, *shape) temporary)."""
     inplace = {torch.abs: torch.Tensor.abs_, torch.square: torch.Tensor.square_}.get(fn)
@@ -88,6 +92,50 @@ class _Outer:
         buf += self.dense()
 
 
+class _Products:
+    """Per-sample gradients of a weight used at several positions: g_k = sum_t dy_kt x_kt^T, kept as the
+    two factors (B, T, out) and (B, T, in). They are formed one sample at a time when transformed and
+    summed, so the weight's autograd-sized matmul is the only big temporary (never (B, out, in))."""
+
+    def __init__(self, g: torch.Tensor, x: torch.Tensor) -> None:
+        self.g, self.x = g, x  # (B, T, out), (B, T, in): the weight's gradient is (out, in)
+
+    def sample(self, k: int) -> torch.Tensor:
+        return self.g[k].T @ self.x[k]  # (out, in)
+
+    def transformed_sum(self, fn: Transform) -> torch.Tensor:
+        inplace = {torch.abs: torch.Tensor.abs_, torch.square: torch.Tensor.square_}.get(fn)
+        total = None
+        for k in range(self.g.shape[0]):
+            t = self.sample(k)
+            t = inplace(t) if inplace else fn(t)
+            total = t if total is None else total.add_(t)
+        return total
+
+    def sum(self) -> torch.Tensor:
+        return self.g.reshape(-1, self.g.shape[-1]).T @ self.x.reshape(-1, self.x.shape[-1])
+
+    def add_to(self, buf: torch.Tensor) -> None:
+        for k in range(self.g.shape[0]):
+            buf[k] += self.sample(k)
+
+
+class _Transposed:
+    """A per-sample form whose parameter is stored transposed (transformers' Conv1D: (in, out))."""
+
+    def __init__(self, form: Any) -> None:
+        self.form = form
+
+    def transformed_sum(self, fn: Transform) -> torch.Tensor:
+        return self.form.transformed_sum(fn).T
+
+    def sum(self) -> torch.Tensor:
+        return self.form.sum().T
+
+    def add_to(self, buf: torch.Tensor) -> None:
+        self.form.add_to(buf.transpose(-1, -2))
+
+
 def _flat(x: torch.Tensor, B: int) -> torch.Tensor:
     return x.reshape(B, -1, x.shape[-1])  # (B, positions, features)
 
@@ -99,7 +147,7 @@ def _linear(module: nn.Linear, x: torch.Tensor, g: torch.Tensor) -> dict[str, An
             out["bias"] = _Dense(g.clone())  # a copy: the reduction works in place, g is autograd's
         return out
     x, g = _flat(x, g.shape[0]), _flat(g, g.shape[0])
-    out = {"weight": _Dense(torch.bmm(g.transpose(1, 2), x.to(g.dtype)))}  # (B, out, in)
+    out = {"weight": _Products(g, x.to(g.dtype))}  # g_k = G_k^T X_k: (out, in)
     if module.bias is not None:
         out["bias"] = _Dense(g.sum(1))
     return out
@@ -107,10 +155,7 @@ def _linear(module: nn.Linear, x: torch.Tensor, g: torch.Tensor) -> dict[str, An
 
 def _conv1d(module: Conv1D, x: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
     x, g = _flat(x, g.shape[0]), _flat(g, g.shape[0])
-    return {
-        "weight": _Dense(torch.bmm(x.to(g.dtype).transpose(1, 2), g)),
-        "bias": _Dense(g.sum(1)),
-    }  # (B, in, out)
+    return {"weight": _Transposed(_Products(g, x.to(g.dtype))), "bias": _Dense(g.sum(1))}  # W: (in, out)
 
 
 def _embedding(module: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:

@@ -3,19 +3,25 @@
 For a batch of B samples whose scalar outputs are summed, autograd gives sum_k g_k; Eq. 2 needs
 sum_k |g_k|. Each layer's per-sample gradient is a product of quantities that backward already has:
 for a Linear layer y = W x + b over positions t, g_k(W) = sum_t dy_kt x_kt^T and g_k(b) = sum_t dy_kt.
-`PerSampleAbsGrad` captures each layer's input on forward and its output gradient on backward, forms
-the per-sample gradients of the layer's own parameters, and makes autograd accumulate sum_k |g_k|
-into `p.grad` instead of sum_k g_k (a tensor hook on the parameter replaces its gradient). So
+`PerSampleAbsGrad` makes autograd accumulate sum_k |g_k| into `p.grad` instead of sum_k g_k, so
 gradient accumulation over micro-batches -- and, under DeepSpeed, the reduce-scatter of gradients --
-work unchanged on the right quantity.
+work unchanged on the right quantity. Two routes:
 
-Fast paths: nn.Linear, transformers' Conv1D, nn.Embedding (sparse rows), nn.LayerNorm. Any other
+- Linear, Conv1D and Embedding layers (and a weight tied between an embedding and an output layer)
+  go through `fused.FusedLayers`: their backward computes sum_k |g_k| *instead of* autograd's weight
+  gradient, so exact importance costs about a plain backward;
+- every other module that owns parameters is hooked: its input is captured on forward, its output
+  gradient on backward, the per-sample gradients of its own parameters are formed (`layers.py`) and
+  a tensor hook on the parameter replaces autograd's batch gradient with their transformed sum.
+
+Hook-path fast paths: nn.LayerNorm (and the fused kinds when not fused). Any other
 module that owns parameters uses `torch.func` (vmap of a vjp through that module alone). A parameter
 used several times (tied embeddings) sums its per-sample contributions before |.|. Where a gradient
 cannot be attributed to samples (a parameter used outside its module's forward, a tuple output,
 batch not in dim 0), `PerSampleMismatch` is raised and the caller falls back to one sample per
-backward pass. With `check=True` the per-sample gradients are verified to add up to autograd's batch
-gradient, which catches layers whose forward the fast paths misread.
+backward pass. With `check=True` the hook path's per-sample gradients are verified to add up to
+autograd's batch gradient, which catches layers whose forward the fast paths misread (the fused
+route computes its layers' forward itself, from the same functional op, so it needs no such check).
 
 Per-sample exactness assumes samples do not interact in the forward pass (true in eval mode; not
 for BatchNorm in train mode).
@@ -29,11 +35,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import Transform, fast_path, generic_per_sample, reduce_samples
+from .fused import FusedLayers
+from .layers import PerSampleMismatch, Transform, fast_path, generic_per_sample, reduce_samples
 
-
-class PerSampleMismatch(RuntimeError):
-    """Per-sample gradients could not be formed for some parameter in this batch."""
+__all__ = ["PerSampleAbsGrad", "PerSampleMismatch", "Transform"]
 
 
 class PerSampleAbsGrad:
@@ -52,10 +57,13 @@ class PerSampleAbsGrad:
     ) -> None:
         self.check = check
         self.transform = transform
-        self.names = {id(p): n for n, p in params.items()}
-        self.params = {id(p): p for p in params.values()}
         self.batch_size = 0
         self._replaying = False
+        # Linear / Conv1D / Embedding layers: sum_k fn(g_k) in place of autograd's gradient
+        self.fused = FusedLayers(model, params, transform, replaying=lambda: self._replaying, check=check)
+        params = {n: p for n, p in params.items() if id(p) not in self.fused.covered}
+        self.names = {id(p): n for n, p in params.items()}
+        self.params = {id(p): p for p in params.values()}
         self._handles: list[Any] = []
         self._reset()
         for module in model.modules():
@@ -79,11 +87,13 @@ class PerSampleAbsGrad:
         """Call before each forward pass with the number of samples in it."""
         self._reset()
         self.batch_size = batch_size
+        self.fused.start_batch(batch_size)
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self.fused.remove()
 
     def __enter__(self) -> PerSampleAbsGrad:
         return self
