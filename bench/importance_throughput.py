@@ -220,16 +220,16 @@ def rel_diff(a: dict, b: dict) -> float:
 
 def bench_case(case: Case, rounds: int, device: str, skip: set[str]) -> None:
     case.model.eval()
-    variants: dict[str, Callable] = {
-        "forward+backward": plain(case),
-        "masllm per_batch": masllm(case, "per_batch"),
-        "masllm exact": masllm(case, "per_sample"),
-        "naive loop (batch size 1)": masllm(case, "per_batch", per_sample_batches=True),
-        "torch.func vmap(grad)": torch_func(case),
-        "Opacus": opacus(case),
-        "Avalanche's definition": avalanche(case),
+    makers: dict[str, Callable[[], Callable | None]] = {
+        "forward+backward": lambda: plain(case),
+        "masllm per_batch": lambda: masllm(case, "per_batch"),
+        "masllm exact": lambda: masllm(case, "per_sample"),
+        "naive loop (batch size 1)": lambda: masllm(case, "per_batch", per_sample_batches=True),
+        "torch.func vmap(grad)": lambda: torch_func(case),
+        "Opacus": lambda: opacus(case),
+        "Avalanche's definition": lambda: avalanche(case),
     }
-    variants = {k: v for k, v in variants.items() if v is not None and k not in skip}
+    variants = {k: f for k, make in makers.items() if k not in skip and (f := make()) is not None}
     print(f"\n== {case.name}: {case.note}; {num_params(case.model) / 1e6:.1f}M parameters, {device}")
     reference = variants["masllm exact"]()
     errors = {}
