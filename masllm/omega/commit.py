@@ -1,0 +1,162 @@
+"""All or nothing: one save of Omega's files (`mas_omega*`, `mas_anchors*`, `mas_config.json`).
+
+Omega's files sit beside the model's own, in a directory the Trainer (or the user) owns, so the
+directory cannot be swapped in with one rename. A save therefore goes:
+
+1. every file is written under a temporary name (`.mas-*.tmp`) and flushed to disk: the slow part;
+2. the temporaries are renamed into place, one after the other (a few renames);
+3. `mas_config.json` is renamed last, and is the commit: it lists every file of the save with its
+   size, and the save's id, which every safetensors header and index of the save also carries;
+4. files of an earlier save that the new one does not list (the other shard layout; anchors now
+   taken from the model) are deleted.
+
+A reader (`check_files`) compares each listed file's size and id with `mas_config.json` before using
+it, so what loads is the old save or the new one, never a mix: a kill during 1 leaves the old
+checkpoint as it was; a kill in the short window of 2 leaves files that fail the check, with an error
+that says the save was interrupted. Temporaries are removed on any exception, and those a killed
+process left behind are removed by the next save into the directory.
+
+Why an id and sizes rather than checksums: each file is renamed complete, so a mix of saves is what
+can go wrong, and an id tells saves apart by reading a header, not every byte (under ZeRO each rank
+reads only the rows of its slice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from .io import (
+    ANCHORS_NAME,
+    CONFIG_NAME,
+    OMEGA_NAME,
+    SAVE_ID,
+    TMP_PREFIX,
+    TMP_SUFFIX,
+    atomic_write_text,
+    new_temporary,
+    sync_file,
+    write_meta_text,
+)
+
+OWN_STEMS = (OMEGA_NAME, ANCHORS_NAME)
+
+
+class CheckpointWriter:
+    """Stage Omega's files as temporaries, then `commit` them with `mas_config.json` written last.
+
+    Use as a context manager: on any exception the staged temporaries are deleted and the directory
+    keeps its earlier checkpoint."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.save_id = uuid.uuid4().hex
+        self.staged: dict[str, Path] = {}  # final file name -> its temporary
+
+    def __enter__(self) -> CheckpointWriter:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(self.directory)
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        for tmp in self.staged.values():
+            tmp.unlink(missing_ok=True)
+        self.staged = {}
+
+    def temporary(self, name: str) -> Path:
+        """Where to write the file that will be `name` once committed."""
+        if name in self.staged:
+            raise ValueError(f"{name} staged twice in one save")
+        self.staged[name] = new_temporary(self.directory)
+        return self.staged[name]
+
+    def stage_text(self, name: str, text: str) -> None:
+        path = self.temporary(name)
+        path.write_text(text)
+        sync_file(path)
+
+    def commit(self, config: dict, tasks: list, merge_state: dict, anchors: str) -> None:
+        """Rename the staged files into place, then write `mas_config.json` (the commit), then delete
+        what an earlier save left that this one does not list."""
+        files = {name: tmp.stat().st_size for name, tmp in self.staged.items()}
+        for name, tmp in self.staged.items():
+            os.replace(tmp, self.directory / name)
+        self.staged = {}
+        text = write_meta_text(config, tasks, merge_state, anchors, self.save_id, files)
+        atomic_write_text(self.directory / CONFIG_NAME, text)
+        _sync_directory(self.directory)
+        for path in own_files(self.directory):
+            if path.name not in files:
+                path.unlink()
+
+
+def own_files(directory: Path) -> list[Path]:
+    """The Omega data files in `directory` (single files, shards, indexes), whichever save wrote them."""
+    return sorted(p for stem in OWN_STEMS for p in directory.glob(f"{stem}*.safetensors*") if p.is_file())
+
+
+def remove_temporaries(directory: Path) -> None:
+    """Delete the temporaries an interrupted save left (a killed process cannot clean up after itself)."""
+    for path in directory.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+        path.unlink(missing_ok=True)
+
+
+def save_id_of(path: Path) -> str | None:
+    """The id of the save that wrote a safetensors file or an index (None: written before ids)."""
+    if path.name.endswith(".json"):
+        content = json.loads(path.read_text())
+        return (content.get("metadata") or {}).get(SAVE_ID) if isinstance(content, dict) else None
+    with safe_open(path, "pt") as f:
+        return (f.metadata() or {}).get(SAVE_ID)
+
+
+def check_files(directory: Path, meta: dict[str, Any]) -> list[str] | None:
+    """The file names of the save `mas_config.json` describes, each checked (present, its size, the
+    save's id); None for a checkpoint written before saves listed their files."""
+    directory = Path(directory)
+    files, save_id = meta.get("files"), meta.get("save_id")
+    if files is None:  # an older checkpoint: only make sure no newer, interrupted save overwrote part of it
+        stamped = [p.name for p in own_files(directory) if _readable_id(p)]
+        if stamped:
+            raise ValueError(_interrupted(directory, stamped[0], f"was written by a later save than {CONFIG_NAME}"))
+        return None
+    for name, size in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(_interrupted(directory, name, f"is missing ({CONFIG_NAME} lists it)"))
+        if path.stat().st_size != size or _readable_id(path) != save_id:
+            raise ValueError(_interrupted(directory, name, f"belongs to another save than {CONFIG_NAME}"))
+    return list(files)
+
+
+def _readable_id(path: Path) -> str | None:
+    try:
+        return save_id_of(path)
+    except Exception:  # a torn or foreign file: it cannot be this save's
+        return "unreadable"
+
+
+def _interrupted(directory: Path, name: str, what: str) -> str:
+    return (
+        f"{directory}: {name} {what}: this Omega checkpoint is incomplete "
+        "(a save was interrupted, or files were copied from different saves); save it again"
+    )
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the renames durable (where the platform allows opening a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
