@@ -17,9 +17,19 @@ import torch
 from torch import nn
 
 from ..config import MASConfig
-from .hub import push_to_hub, resolve
 from .commit import CheckpointWriter, check_files
-from .io import ANCHORS_NAME, CONFIG_NAME, OMEGA_NAME, index_content, layout_names, load_meta, load_tensors, plan_files, write_safetensors
+from .hub import push_to_hub, resolve
+from .io import (
+    ANCHORS_NAME,
+    CONFIG_NAME,
+    OMEGA_NAME,
+    index_content,
+    layout_names,
+    load_meta,
+    load_tensors,
+    plan_files,
+    write_safetensors,
+)
 from .validation import check_against_model
 
 # MASConfig fields of masllm 0.1 that now belong to a method's own config (EWCConfig, SIConfig,

@@ -123,7 +123,9 @@ def check_files(directory: Path, meta: dict[str, Any]) -> list[str] | None:
     if files is None:  # an older checkpoint: only make sure no newer, interrupted save overwrote part of it
         stamped = [p.name for p in own_files(directory) if _readable_id(p)]
         if stamped:
-            raise ValueError(_interrupted(directory, stamped[0], f"was written by a later save than {CONFIG_NAME}"))
+            raise ValueError(
+                _interrupted(directory, stamped[0], f"was written by a later save than {CONFIG_NAME}")
+            )
         return None
     for name, size in files.items():
         path = directory / name

@@ -130,7 +130,9 @@ class Omega(OmegaCheckpoint, Mapping[str, torch.Tensor]):
             raise ValueError("theta* and Omega cover different parameters")
         for n, a in self.anchors.items():  # without a model too: a bad pair must never overwrite a checkpoint
             if a.shape != self.importance[n].shape:
-                raise ValueError(f"theta*[{n!r}] has shape {tuple(a.shape)}, Omega {tuple(self.importance[n].shape)}")
+                raise ValueError(
+                    f"theta*[{n!r}] has shape {tuple(a.shape)}, Omega {tuple(self.importance[n].shape)}"
+                )
         if model is not None and self.is_sharded:
             for n, t in self.importance.items():
                 if t.numel() != self.shards[n].numel:

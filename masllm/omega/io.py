@@ -107,7 +107,9 @@ def plan_files(sizes: Mapping[str, int], name: str, max_shard_size: int | str = 
 
 def index_content(split: StateDictSplit, save_id: str | None = None) -> str:
     metadata = {**split.metadata, **({SAVE_ID: save_id} if save_id else {})}
-    return json.dumps({"metadata": metadata, "weight_map": split.tensor_to_filename}, indent=2, sort_keys=True)
+    return json.dumps(
+        {"metadata": metadata, "weight_map": split.tensor_to_filename}, indent=2, sort_keys=True
+    )
 
 
 def layout_names(name: str, split: StateDictSplit) -> list[str]:
@@ -146,7 +148,9 @@ def save_tensors(
 def plain_name(directory: Path, entry: Any, where: str) -> Path:
     """`directory / entry` for a bare file name; anything else (a path, `..`, absolute) is refused."""
     if not isinstance(entry, str) or not entry or Path(entry).name != entry or entry in (".", ".."):
-        raise ValueError(f"{where}: entry {entry!r} is not a file name inside {directory}; refusing to read it")
+        raise ValueError(
+            f"{where}: entry {entry!r} is not a file name inside {directory}; refusing to read it"
+        )
     return directory / entry
 
 

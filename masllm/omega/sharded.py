@@ -176,10 +176,7 @@ def load_omega_shards(
             out[n] = _read_slice(path, n, shards[n])
     if meta["anchors"] == "model":
         anchors = {
-            n: weights[n]
-            .detach()
-            .to(getattr(torch, config.storage_dtype), copy=True)
-            for n in importance
+            n: weights[n].detach().to(getattr(torch, config.storage_dtype), copy=True) for n in importance
         }
     omega = Omega(
         importance,
