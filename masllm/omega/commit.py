@@ -121,7 +121,7 @@ def check_files(directory: Path, meta: dict[str, Any]) -> list[str] | None:
     directory = Path(directory)
     files, save_id = meta.get("files"), meta.get("save_id")
     if files is None:  # an older checkpoint: only make sure no newer, interrupted save overwrote part of it
-        stamped = [p.name for p in own_files(directory) if _readable_id(p)]
+        stamped = [p.name for p in own_files(directory) if _id_or_none(p)]
         if stamped:
             raise ValueError(
                 _interrupted(directory, stamped[0], f"was written by a later save than {CONFIG_NAME}")
@@ -131,16 +131,25 @@ def check_files(directory: Path, meta: dict[str, Any]) -> list[str] | None:
         path = directory / name
         if not path.is_file():
             raise ValueError(_interrupted(directory, name, f"is missing ({CONFIG_NAME} lists it)"))
-        if path.stat().st_size != size or _readable_id(path) != save_id:
+        if path.stat().st_size != size:
+            what = f"has {path.stat().st_size} bytes, {CONFIG_NAME} lists {size}"
+            raise ValueError(_interrupted(directory, name, what))
+        try:
+            found = save_id_of(path)
+        except Exception as e:
+            raise ValueError(
+                f"{path} is not a readable {'index' if name.endswith('.json') else 'safetensors file'} ({e})"
+            ) from None
+        if found != save_id:
             raise ValueError(_interrupted(directory, name, f"belongs to another save than {CONFIG_NAME}"))
     return list(files)
 
 
-def _readable_id(path: Path) -> str | None:
+def _id_or_none(path: Path) -> str | None:
     try:
         return save_id_of(path)
-    except Exception:  # a torn or foreign file: it cannot be this save's
-        return "unreadable"
+    except Exception:  # unreadable: reported by the reader, with the file's name
+        return None
 
 
 def _interrupted(directory: Path, name: str, what: str) -> str:

@@ -40,6 +40,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 TMP_PREFIX, TMP_SUFFIX = ".mas-", ".tmp"  # temporaries: found by this pattern and removed by the next save
 SAVE_ID = "masllm_save_id"  # in each safetensors header and index: which save wrote the file
 ANCHOR_SOURCES = ("model", "file", "none")
+JSON_KINDS = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
 # mas_config.json: key -> (type, required)
 META_SCHEMA: dict[str, tuple[type, bool]] = {
     "format_version": (int, True),
@@ -259,7 +260,7 @@ def check_schema(path: Path, meta: dict[str, Any]) -> None:
             continue
         value = meta[key]
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError(f"{path}: {key!r} must be a {kind.__name__}, got {value!r}")
+            raise ValueError(f"{path}: {key!r} must be {JSON_KINDS[kind]}, got {value!r}")
     if meta["format_version"] < 1:
         raise ValueError(f"{path}: 'format_version' must be >= 1, got {meta['format_version']}")
     if meta["anchors"] not in ANCHOR_SOURCES:
