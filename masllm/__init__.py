@@ -27,10 +27,11 @@ from .methods import (
     mode_imm,
 )
 from .omega import Omega
-from .trainer import MASMixin, MASTrainer
+from .trainer import DivergenceError, MASMixin, MASTrainer
 
 __all__ = [
     "ESTIMATORS",
+    "DivergenceError",
     "DeploymentImportance",
     "EWCConfig",
     "LwFConfig",

@@ -143,5 +143,7 @@ def test_bf16_storage_survives_training_and_the_next_save(tmp_path):
     trainer.save_model(str(tmp_path / "saved"))
     loaded = Omega.from_pretrained(tmp_path / "saved", model=trainer.model)
     numel = sum(t.numel() for t in loaded.importance.values())
-    nbytes = sum(t.numel() * t.element_size() for d in (loaded.importance, loaded.anchors) for t in d.values())
+    nbytes = sum(
+        t.numel() * t.element_size() for d in (loaded.importance, loaded.anchors) for t in d.values()
+    )
     assert nbytes / numel == 4 and all(t.dtype == torch.bfloat16 for t in loaded.anchors.values())
