@@ -94,7 +94,8 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
             return AutoModelForCausalLM.from_pretrained(path or model_args.model_name_or_path)
         config = dict(model_args.model_config)
         config.setdefault("vocab_size", len(tokenizer))
-        config.update(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
+        config.update(ids, pad_token_id=tokenizer.pad_token_id)  # as the Trainer would align them, noisily
         config = AutoConfig.for_model(**config)
         torch.manual_seed(training_args.seed)
         # The class itself, not `from_config`: under ZeRO-3 that initialises inside zero.Init, whose
