@@ -82,7 +82,7 @@ def kill_during_saves(directory: Path, kills: int, seed: int = 0) -> dict[str, i
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         assert child.exitcode == -signal.SIGKILL
-        outcome["temporaries left"] += any(p.name.endswith(".tmp") for p in directory.iterdir())
+        outcome["temporaries left"] += any(p.name.startswith(".") for p in directory.iterdir())
         v = loaded_version(directory)
         outcome["old or new" if v is not None else "refused as incomplete"] += 1
         layout = save(directory, 7 + trial)  # the next save: complete, and nothing stray left
@@ -140,6 +140,8 @@ def test_a_failing_save_keeps_the_old_checkpoint_and_no_temporary(tmp_path, monk
 def test_next_save_removes_what_a_killed_one_left(tmp_path):
     save(tmp_path, 2)
     (tmp_path / ".mas-leftover.tmp").write_bytes(b"x" * 100)  # as a killed save leaves them
+    (tmp_path / ".mas-0123.tmp").mkdir()  # a staging folder, with safetensors' own temporary inside
+    (tmp_path / ".mas-0123.tmp" / ".tmpAbC").write_bytes(b"x" * 100)
     (tmp_path / "mas_omega-00001-of-00009.safetensors").write_bytes(b"stale")
     assert loaded_version(tmp_path) == 2  # the save's own list is read, not whatever is on disk
     save(tmp_path, 4)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from typing import Any
 
@@ -59,28 +60,45 @@ def verbose(training_args: Any) -> bool:
     return str(getattr(training_args, "log_level", "passive")) in VERBOSE_LEVELS
 
 
+class StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever `sys.stderr` is when a line is emitted (not the stream of the time
+    it was made: a test harness or a notebook swaps it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_output(training_args: Any) -> None:
     """The `masllm` logger on the main process, and the filters above unless `--log_level` asks for all."""
-    log = logging.getLogger("masllm")
-    if not any(getattr(h, "_masllm", False) for h in log.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("masllm: %(message)s"))
-        handler._masllm = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    if verbose(training_args):
-        return
     import datasets
     import transformers
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    log = logging.getLogger("masllm")
+    if not any(isinstance(h, StderrHandler) for h in log.handlers):
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter("masllm: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    quiet = not verbose(training_args)
     for name, prefixes in QUIET.items():
         logger = logging.getLogger(name)
-        if not any(isinstance(f, DropMessages) for f in logger.filters):
+        for f in [f for f in logger.filters if isinstance(f, DropMessages)]:
+            logger.removeFilter(f)
+        if quiet:
             logger.addFilter(DropMessages(prefixes))
-    for category, message in QUIET_WARNINGS:
+    if not quiet:
+        datasets.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()
+        return
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    for category, message in QUIET_WARNINGS:  # process-wide: a later verbose run in the process keeps them
         warnings.filterwarnings("ignore", message=message, category=category)
 
 

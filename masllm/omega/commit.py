@@ -3,8 +3,9 @@
 Omega's files sit beside the model's own, in a directory the Trainer (or the user) owns, so the
 directory cannot be swapped in with one rename. A save therefore goes:
 
-1. every file is written under a temporary name (`.mas-*.tmp`) and flushed to disk: the slow part;
-2. the temporaries are renamed into place, one after the other (a few renames);
+1. every file is written into a staging folder beside them (`.mas-<save id>.tmp/`) and flushed to
+   disk: the slow part (a library's own temporaries, e.g. safetensors', stay inside it too);
+2. the staged files are renamed into place, one after the other (a few renames);
 3. `mas_config.json` is renamed last, and is the commit: it lists every file of the save with its
    size, and the save's id, which every safetensors header and index of the save also carries;
 4. files of an earlier save that the new one does not list (the other shard layout; anchors now
@@ -13,8 +14,8 @@ directory cannot be swapped in with one rename. A save therefore goes:
 A reader (`check_files`) compares each listed file's size and id with `mas_config.json` before using
 it, so what loads is the old save or the new one, never a mix: a kill during 1 leaves the old
 checkpoint as it was; a kill in the short window of 2 leaves files that fail the check, with an error
-that says the save was interrupted. Temporaries are removed on any exception, and those a killed
-process left behind are removed by the next save into the directory.
+that says the save was interrupted. The staging folder is removed on any exception, and one a killed
+process left behind is removed by the next save into the directory.
 
 Why an id and sizes rather than checksums: each file is renamed complete, so a mix of saves is what
 can go wrong, and an id tells saves apart by reading a header, not every byte (under ZeRO each rank
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,6 @@ from .io import (
     TMP_PREFIX,
     TMP_SUFFIX,
     atomic_write_text,
-    new_temporary,
     sync_file,
     write_meta_text,
 )
@@ -48,32 +49,32 @@ OWN_STEMS = (OMEGA_NAME, ANCHORS_NAME)
 
 
 class CheckpointWriter:
-    """Stage Omega's files as temporaries, then `commit` them with `mas_config.json` written last.
+    """Stage Omega's files in a folder beside them, then `commit` them with `mas_config.json` last.
 
-    Use as a context manager: on any exception the staged temporaries are deleted and the directory
-    keeps its earlier checkpoint."""
+    Use as a context manager: on any exception the staging folder is deleted and the directory keeps
+    its earlier checkpoint."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.save_id = uuid.uuid4().hex
-        self.staged: dict[str, Path] = {}  # final file name -> its temporary
+        self.staging = self.directory / f"{TMP_PREFIX}{self.save_id}{TMP_SUFFIX}"
+        self.staged: list[str] = []
 
     def __enter__(self) -> CheckpointWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         remove_temporaries(self.directory)
+        self.staging.mkdir()
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        for tmp in self.staged.values():
-            tmp.unlink(missing_ok=True)
-        self.staged = {}
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     def temporary(self, name: str) -> Path:
         """Where to write the file that will be `name` once committed."""
         if name in self.staged:
             raise ValueError(f"{name} staged twice in one save")
-        self.staged[name] = new_temporary(self.directory)
-        return self.staged[name]
+        self.staged.append(name)
+        return self.staging / name
 
     def stage_text(self, name: str, text: str) -> None:
         path = self.temporary(name)
@@ -83,10 +84,9 @@ class CheckpointWriter:
     def commit(self, config: dict, tasks: list, merge_state: dict, anchors: str) -> None:
         """Rename the staged files into place, then write `mas_config.json` (the commit), then delete
         what an earlier save left that this one does not list."""
-        files = {name: tmp.stat().st_size for name, tmp in self.staged.items()}
-        for name, tmp in self.staged.items():
-            os.replace(tmp, self.directory / name)
-        self.staged = {}
+        files = {name: (self.staging / name).stat().st_size for name in self.staged}
+        for name in self.staged:
+            os.replace(self.staging / name, self.directory / name)
         text = write_meta_text(config, tasks, merge_state, anchors, self.save_id, files)
         atomic_write_text(self.directory / CONFIG_NAME, text)
         _sync_directory(self.directory)
@@ -101,9 +101,12 @@ def own_files(directory: Path) -> list[Path]:
 
 
 def remove_temporaries(directory: Path) -> None:
-    """Delete the temporaries an interrupted save left (a killed process cannot clean up after itself)."""
+    """Delete what an interrupted save left (a killed process cannot clean up after itself)."""
     for path in directory.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def save_id_of(path: Path) -> str | None:
