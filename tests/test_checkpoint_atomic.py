@@ -53,16 +53,16 @@ def save_forever(directory: str, first: int) -> None:
     os._exit(0)
 
 
-def loaded_version(directory: Path) -> int | None:
-    """The save number of what loads (asserting it is one save throughout), or None when refused."""
+def loaded_version(directory: Path) -> int | str:
+    """The save number of what loads (asserting it is one save throughout), or why nothing loads."""
     try:
         omega = Omega.from_pretrained(directory)
     except ValueError as e:
         assert "incomplete" in str(e), e
-        return None
-    except FileNotFoundError as e:  # killed before the first save was committed
+        return "refused as incomplete"
+    except FileNotFoundError as e:  # killed before the first save into the directory was committed
         assert "not an Omega checkpoint" in str(e), e
-        return None
+        return "no save yet"
     v = omega.merge_state["v"]
     assert omega.tasks == [{"name": f"v{v}"}]
     for n in SHAPES:
@@ -74,7 +74,7 @@ def loaded_version(directory: Path) -> int | None:
 def kill_during_saves(directory: Path, kills: int, seed: int = 0) -> dict[str, int]:
     rng = random.Random(seed)
     fork = multiprocessing.get_context("fork")
-    outcome = {"old or new": 0, "refused as incomplete": 0, "temporaries left": 0}
+    outcome = {"old or new": 0, "refused as incomplete": 0, "no save yet": 0, "temporaries left": 0}
     for trial in range(kills):
         child = fork.Process(target=save_forever, args=(str(directory), 1000 * (trial + 1)))
         child.start()
@@ -84,7 +84,7 @@ def kill_during_saves(directory: Path, kills: int, seed: int = 0) -> dict[str, i
         assert child.exitcode == -signal.SIGKILL
         outcome["temporaries left"] += any(p.name.startswith(".") for p in directory.iterdir())
         v = loaded_version(directory)
-        outcome["old or new" if v is not None else "refused as incomplete"] += 1
+        outcome["old or new" if isinstance(v, int) else v] += 1
         layout = save(directory, 7 + trial)  # the next save: complete, and nothing stray left
         assert sorted(p.name for p in directory.iterdir()) == EXPECTED[layout]
         assert loaded_version(directory) == 7 + trial
@@ -94,14 +94,14 @@ def kill_during_saves(directory: Path, kills: int, seed: int = 0) -> dict[str, i
 def test_kill_9_during_saves_leaves_old_or_new(tmp_path):
     outcome = kill_during_saves(tmp_path, kills=10)
     print(outcome)
-    assert outcome["old or new"] + outcome["refused as incomplete"] == 10
+    assert outcome["old or new"] + outcome["refused as incomplete"] + outcome["no save yet"] == 10
 
 
 @pytest.mark.slow
 def test_kill_9_fifty_times(tmp_path):
     outcome = kill_during_saves(tmp_path, kills=50, seed=1)
     print(outcome)
-    assert outcome["old or new"] + outcome["refused as incomplete"] == 50
+    assert outcome["old or new"] + outcome["refused as incomplete"] + outcome["no save yet"] == 50
 
 
 def test_files_of_two_saves_are_refused(tmp_path):

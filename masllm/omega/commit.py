@@ -5,15 +5,16 @@ directory cannot be swapped in with one rename. A save therefore goes:
 
 1. every file is written into a staging folder beside them (`.mas-<save id>.tmp/`) and flushed to
    disk: the slow part (a library's own temporaries, e.g. safetensors', stay inside it too);
-2. the staged files are renamed into place, one after the other (a few renames);
-3. `mas_config.json` is renamed last, and is the commit: it lists every file of the save with its
-   size, and the save's id, which every safetensors header and index of the save also carries;
+2. `mas_config.json` is staged too: it lists every file of the save with its size, and the save's
+   id, which every safetensors header and index of the save also carries;
+3. the staged files are renamed into place, one after the other, `mas_config.json` last: that
+   rename is the commit (between the first rename and it there are only renames);
 4. files of an earlier save that the new one does not list (the other shard layout; anchors now
    taken from the model) are deleted.
 
 A reader (`check_files`) compares each listed file's size and id with `mas_config.json` before using
-it, so what loads is the old save or the new one, never a mix: a kill during 1 leaves the old
-checkpoint as it was; a kill in the short window of 2 leaves files that fail the check, with an error
+it, so what loads is the old save or the new one, never a mix: a kill during 1 or 2 leaves the old
+checkpoint as it was; a kill in the microseconds of 3 leaves files that fail the check, with an error
 that says the save was interrupted. The staging folder is removed on any exception, and one a killed
 process left behind is removed by the next save into the directory.
 
@@ -40,7 +41,6 @@ from .io import (
     SAVE_ID,
     TMP_PREFIX,
     TMP_SUFFIX,
-    atomic_write_text,
     sync_file,
     write_meta_text,
 )
@@ -82,13 +82,15 @@ class CheckpointWriter:
         sync_file(path)
 
     def commit(self, config: dict, tasks: list, merge_state: dict, anchors: str) -> None:
-        """Rename the staged files into place, then write `mas_config.json` (the commit), then delete
-        what an earlier save left that this one does not list."""
+        """Stage `mas_config.json` too, rename the data files into place and it last (the commit: only
+        renames in between, so the window where a kill leaves a refused checkpoint is microseconds),
+        then delete what an earlier save left that this one does not list."""
         files = {name: (self.staging / name).stat().st_size for name in self.staged}
-        for name in self.staged:
+        self.stage_text(
+            CONFIG_NAME, write_meta_text(config, tasks, merge_state, anchors, self.save_id, files)
+        )
+        for name in self.staged:  # CONFIG_NAME is the last one staged
             os.replace(self.staging / name, self.directory / name)
-        text = write_meta_text(config, tasks, merge_state, anchors, self.save_id, files)
-        atomic_write_text(self.directory / CONFIG_NAME, text)
         _sync_directory(self.directory)
         for path in own_files(self.directory):
             if path.name not in files:
