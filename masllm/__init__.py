@@ -14,35 +14,59 @@ ewc, online_ewc, l2, si), merge rules sum / mean / ema / decay / alpha; `EWCConf
 the inputs a model serves, Sec. 4.4). The layout: docs/architecture.md.
 """
 
-from ._version import __version__
-from .config import MASConfig
-from .importance import ESTIMATORS, EWCConfig, compute_importance
-from .methods import (
-    DeploymentImportance,
-    LwFConfig,
-    LwFTrainer,
-    SIConfig,
-    SynapticIntelligence,
-    mean_imm,
-    mode_imm,
-)
-from .omega import Omega
-from .trainer import MASMixin, MASTrainer
+import sys as _sys
+from pathlib import Path as _Path
 
-__all__ = [
-    "ESTIMATORS",
-    "DeploymentImportance",
-    "EWCConfig",
-    "LwFConfig",
-    "LwFTrainer",
-    "MASConfig",
-    "MASMixin",
-    "MASTrainer",
-    "Omega",
-    "SIConfig",
-    "SynapticIntelligence",
-    "compute_importance",
-    "mean_imm",
-    "mode_imm",
-    "__version__",
-]
+from ._version import __version__
+
+_API = {  # public name -> the part of masllm that defines it
+    "ESTIMATORS": "importance",
+    "DeploymentImportance": "methods",
+    "DivergenceError": "trainer",
+    "EWCConfig": "importance",
+    "LwFConfig": "methods",
+    "LwFTrainer": "methods",
+    "MASConfig": "config",
+    "MASMixin": "trainer",
+    "MASTrainer": "trainer",
+    "Omega": "omega",
+    "SIConfig": "methods",
+    "SynapticIntelligence": "methods",
+    "compute_importance": "importance",
+    "mean_imm": "methods",
+    "mode_imm": "methods",
+}
+__all__ = [*_API, "__version__"]
+
+
+def _load_api() -> None:
+    """Import the public API (and so register every estimator, merge rule and method)."""
+    from . import config, importance, methods, omega, trainer
+
+    parts = {
+        "config": config,
+        "importance": importance,
+        "methods": methods,
+        "omega": omega,
+        "trainer": trainer,
+    }
+    globals().update({name: getattr(parts[part], name) for name, part in _API.items()})
+
+
+def __getattr__(name: str):  # PEP 562: the API on first use when the package was imported lazily
+    if name in __all__:
+        _load_api()
+        return globals()[name]
+    raise AttributeError(f"module 'masllm' has no attribute {name!r}")
+
+
+def _started_as_command() -> bool:
+    """The `masllm` command checks its YAML before torch is imported (see masllm.cli): only then is
+    the API imported on first use instead of here."""
+    argv = getattr(_sys, "orig_argv", [])
+    by_module = "-m" in argv and argv[argv.index("-m") + 1 : argv.index("-m") + 2] == ["masllm.cli"]
+    return by_module or bool(_sys.argv) and _Path(_sys.argv[0]).name in ("masllm", "masllm.exe")
+
+
+if not _started_as_command():
+    _load_api()

@@ -48,3 +48,11 @@ def did_you_mean(value: str, known: list[str] | tuple[str, ...]) -> str:
 
     close = difflib.get_close_matches(str(value), list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def looks_like_path(source: str) -> bool:
+    """A local path rather than a Hub name (`name` or `org/name`) or a `builtin:` source: it starts with
+    `/`, `.` or `~`, has more than one `/`, or ends with a file suffix."""
+    if source.startswith("builtin:"):
+        return False
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "." in source.rsplit("/", 1)[-1]

@@ -12,9 +12,10 @@ sets that run's strength) and puts them in one report. Rerunning the same comman
 
 import sys
 
-from masllm.continual import main
+from masllm.continual import command
 from masllm.distributed import exit_process
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if status := command(sys.argv[1:]):  # bad input: one line on stderr, status 2
+        sys.exit(status)
     exit_process()  # multi-process: wait for rank 0's report, leave without the gloo teardown race

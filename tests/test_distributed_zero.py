@@ -150,6 +150,8 @@ def test_lora_frozen_base_bf16_storage_under_zero3(runs) -> None:
     assert sum(r["omega_numel"] for r in ranks) == ranks[0]["trainable_numel"] < ranks[0]["model_numel"]
     for r in ranks:
         assert r["omega_bytes"] + r["anchors_bytes"] == 4 * r["omega_numel"]
+    for name in ("mas_omega", "mas_anchors"):  # and the save after training with the penalty bound
+        assert {t.dtype for t in load_file(out / f"omega/{name}.safetensors").values()} == {torch.bfloat16}
 
 
 def test_ddp_replicates(runs) -> None:

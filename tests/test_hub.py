@@ -37,8 +37,9 @@ def test_from_pretrained_by_repo_id_reads_the_hub_cache(tmp_path):
 
 
 def test_from_pretrained_unknown_repo_offline_and_file_path_fail_clearly(tmp_path):
-    with pytest.raises(LocalEntryNotFoundError):
+    with pytest.raises(FileNotFoundError, match="Hub repo 'someone/absent' could not be fetched") as caught:
         Omega.from_pretrained("someone/absent", cache_dir=tmp_path, local_files_only=True)
+    assert isinstance(caught.value.__cause__, LocalEntryNotFoundError)
     (tmp_path / "mas_config.json").write_text("{}")
     with pytest.raises(NotADirectoryError, match="directory"):
         Omega.from_pretrained(tmp_path / "mas_config.json")

@@ -140,3 +140,30 @@ def test_penalty_runs_in_bounded_chunks_with_the_exact_result(monkeypatch):
         torch.testing.assert_close(grad, 1 + 2 * 0.5 * o * (p - a), rtol=1e-6, atol=1e-7)
     expected = 0.5 * sum((o * (p - a) ** 2).sum() for p, o, a in zip(params, omegas, anchors))
     torch.testing.assert_close(penalty_value(params, omegas, anchors, 0.5), expected.float())
+
+
+def test_bf16_storage_survives_training_and_the_next_save(tmp_path):
+    """Issue 13, case 6: with storage_dtype="bfloat16", Omega and theta* stay bf16 once MASTrainer binds
+    the penalty (in memory and in the files saved after training: 2 + 2 bytes per parameter), and the
+    step is the fp32 one computed from the bf16 values (the foreach ops promote, nothing is cast in place)."""
+    lam, lr = 2.5, 0.1
+    omega = random_omega(tiny_gpt2())
+    omega.config = MASConfig(storage_dtype="bfloat16")
+    omega.importance = {n: t.to(torch.bfloat16) for n, t in omega.importance.items()}
+    omega.anchors = {n: t.to(torch.bfloat16) for n, t in omega.anchors.items()}
+    stored = {n: (omega[n].clone(), omega.anchors[n].clone()) for n in omega}
+    before, plain, _ = one_sgd_step(tmp_path / "plain", omega, 0.0, 1)
+    _, with_penalty, trainer = one_sgd_step(tmp_path / "mas", omega, lam, 1)
+    assert trainer._penalty is not None
+    for n, (importance, anchors) in stored.items():
+        assert trainer.omega[n].dtype == torch.bfloat16 and trainer.omega.anchors[n].dtype == torch.bfloat16
+        assert trainer._penalty.omegas[list(stored).index(n)].dtype == torch.bfloat16
+        expected = -lr * 2 * lam * importance.float() * (before[n] - anchors.float())
+        torch.testing.assert_close(with_penalty[n] - plain[n], expected, rtol=1e-4, atol=1e-6)
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = Omega.from_pretrained(tmp_path / "saved", model=trainer.model)
+    numel = sum(t.numel() for t in loaded.importance.values())
+    nbytes = sum(
+        t.numel() * t.element_size() for d in (loaded.importance, loaded.anchors) for t in d.values()
+    )
+    assert nbytes / numel == 4 and all(t.dtype == torch.bfloat16 for t in loaded.anchors.values())

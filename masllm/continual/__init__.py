@@ -3,7 +3,10 @@
 - `arguments`: the run's dataclasses (`HfArgumentParser`, YAML defaults), one `RunConfig` per run;
 - `methods`: what each method adds to the loop (`Method`, `METHODS`, `method_of`);
 - `loop`: `run_sequence` (train -> importance -> evaluate -> save, with resume); `imm_step`: IMM;
-- `run`: `main(argv)`, what `masllm sequential` and `recipes/sequential.py` call;
+- `run`: `main(argv)` (raises on bad input) and `command(argv)`, what `masllm sequential` and
+  `recipes/sequential.py` call (bad input: one line, exit status 2);
+- `manifest`: `run_manifest.json`, so that a rerun never mixes results of two configurations;
+- `output`: what a run prints (one line per phase, the long phases' progress bars, no noise);
 - `metrics`: R and ACC / BWT / FWT / forgetting; `report`: report.json / report.md / plots.
 """
 
@@ -11,7 +14,7 @@ from .arguments import ContinualArguments, DataArguments, ModelArguments, RunCon
 from .imm_step import IMM_DIR, IMM_FISHER
 from .loop import ROW_FILE, run_sequence
 from .methods import FINETUNE, METHODS, Method, method_of, methods
-from .run import main
+from .run import command, main
 
 __all__ = [
     "FINETUNE",
@@ -24,6 +27,7 @@ __all__ = [
     "Method",
     "ModelArguments",
     "RunConfig",
+    "command",
     "main",
     "make_parser",
     "method_of",

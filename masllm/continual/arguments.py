@@ -91,6 +91,13 @@ class ContinualArguments(LwFConfig, SIConfig, EWCConfig):
         metadata={"help": "Comma-separated methods run on the same sequence, e.g. 'finetune,mas,l2=0.01'."},
     )
     plots: bool = field(default=True, metadata={"help": "Write PNG plots beside report.json."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete the results already in output_dir and start afresh (needed to rerun there with "
+            "another configuration than its run_manifest.json records; the same one resumes)."
+        },
+    )
 
     def __post_init__(self) -> None:
         MASConfig.__post_init__(self)

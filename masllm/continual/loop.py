@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -34,8 +35,10 @@ from ..tasks import Task, TaskSequence, evaluate_with_trainer
 from ..trainer import MASTrainer
 from .arguments import RunConfig
 from .imm_step import imm_merged
+from .output import quiet_progress
 
 ROW_FILE = "eval_row.json"  # written last: its presence marks a finished task
+logger = logging.getLogger("masllm")
 
 
 def run_sequence(
@@ -52,7 +55,12 @@ def run_sequence(
     previous: Path | None = None
     for k, task in enumerate(seq.tasks):
         step_dir = run_dir / f"{k}-{task.name}"
+
+        def say(phase: str, k: int = k, task: Task = task) -> None:  # one line per phase, main process
+            logger.info("[%s] task %d/%d %r: %s", run.name, k + 1, len(seq.tasks), task.name, phase)
+
         if (step_dir / ROW_FILE).is_file():  # finished by an earlier launch
+            say(f"finished earlier, results read from {step_dir}")
             rows.append(json.loads((step_dir / ROW_FILE).read_text()))
             previous = step_dir
             continue
@@ -79,10 +87,14 @@ def run_sequence(
             **seq.trainer_kwargs,
             **extra,
         )
+        quiet_progress(trainer, base_args)
+        say("train" + (f" (resuming {checkpoint})" if checkpoint else ""))
         trainer.train(resume_from_checkpoint=checkpoint)
 
         # 2. Omega_k on the task's unlabeled data (Eq. 2), accumulated (Sec. 4.2); theta* <- theta.
         if method.estimator is not None:
+            size = len(task.importance_dataset) if hasattr(task.importance_dataset, "__len__") else "all"
+            say(f"importance ({mas_config.method}) on {size} samples")
             new = compute_importance(
                 trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model,  # ZeRO: the engine
                 task.importance_dataset,
@@ -94,6 +106,7 @@ def run_sequence(
             trainer.omega.merge(new)
 
         # 3. Row k of R: every task, seen or to come (IMM: with the merge of task models 0..k).
+        say(f"evaluate on {len(seq.tasks)} tasks" + (f" ({method.imm} IMM merge)" if method.imm else ""))
         with (
             imm_merged(trainer, seq, run_dir, k, mas_config, method.imm)
             if method.imm
@@ -103,6 +116,7 @@ def run_sequence(
 
         # 4. Model + Omega (MASTrainer._save writes it) + a model card saying which tasks Omega
         #    protects (Hub-ready), then the row: the task is done.
+        say(f"save to {step_dir}")
         trainer.save_model(str(step_dir))
         if trainer.is_world_process_zero():
             if not trainer.omega.is_empty:

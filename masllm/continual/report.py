@@ -81,9 +81,12 @@ def _has(run: RunResult | None, metric: str) -> bool:
     return run is not None and all(metric in cell for row in run.rows for cell in row.values())
 
 
-def compare(report: dict[str, Any], name: str, baseline: str) -> dict[str, float | None]:
-    """How much less `name` forgot than `baseline`, and what it cost on the new tasks (primary metric)."""
-    metric = report["primary_metric"]
+def compare(
+    report: dict[str, Any], name: str, baseline: str, metric: str | None = None
+) -> dict[str, float | None]:
+    """How much less `name` forgot than `baseline`, and what it cost on the new tasks (by `metric`,
+    the primary one by default)."""
+    metric = metric or report["primary_metric"]
     run, base = report["runs"][name], report["runs"][baseline]
     f_run, f_base = run["summary"][metric]["forgetting"], base["summary"][metric]["forgetting"]
     new_run, new_base = diagonal(run["R"][metric])[1:], diagonal(base["R"][metric])[1:]
@@ -127,9 +130,13 @@ def format_report(report: dict[str, Any], metric: str | None = None) -> str:
             f"| {name} | {_fmt(run['reg_lambda'])} | {_fmt(s['acc'])} | {_fmt(s['bwt'])} | {_fmt(s['fwt'])} | {_fmt(s['forgetting'])} |"
         )
     lines.append("")
-    for name, c in report.get("comparison", {}).items():
-        lines.append(_sentence(name, c, metric))
+    for name in report.get("comparison", {}):  # each section's sentences in its own metric
+        lines.append(_sentence(name, compare(report, name, _baseline(report), metric), metric))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _baseline(report: dict[str, Any]) -> str:
+    return next(name for name, run in report["runs"].items() if run["method"] == BASELINE)
 
 
 def _sentence(name: str, c: dict[str, float | None], metric: str) -> str:

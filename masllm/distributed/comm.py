@@ -33,13 +33,14 @@ def all_reduce_(tensors: list[torch.Tensor]) -> None:
             dist.all_reduce(t)
 
 
-def all_reduce_max(value: int) -> int:
-    """Max over ranks, e.g. whether any rank still has a micro-batch (keeps ZeRO's collectives in step)."""
+def all_reduce_max(value: float) -> float:
+    """Max over ranks (an int or a float, returned as the same type), e.g. whether any rank still has
+    a micro-batch (keeps ZeRO's collectives in step)."""
     if world()[1] == 1:
         return value
-    t = torch.tensor([value], dtype=torch.int64, device=_device())
+    t = torch.tensor([value], dtype=torch.float64, device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return type(value)(t.item())
 
 
 def barrier() -> None:

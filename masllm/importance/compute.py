@@ -8,6 +8,7 @@ way for all of them: model mode, gradient stashing, progress bar, ranks, normali
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from ..distributed import comm, zero
 from ..omega import Omega
 from ..registry import ESTIMATORS
 from .context import ImportanceContext
-from .data import as_batches, limit_samples
+from .data import SkipEmpty, as_batches, as_samples, limit_samples
 from .ranks import Lockstep, combine, rank_share, use_engine
 
 
@@ -37,7 +38,8 @@ def compute_importance(
     collate_fn: Callable | None = None,
     show_progress: bool = True,
 ) -> Omega:
-    """Estimate Omega for `model` on unlabeled `data` (Dataset, DataLoader or iterable of batches).
+    """Estimate Omega for `model` on unlabeled `data` (Dataset, DataLoader, iterable of batches, or a
+    list of per-sample dicts, batched like a Dataset). All-padding samples are left out of N, with a warning.
 
     The result's anchors are the model's current weights: merge it into the running Omega with
     `omega.merge(new)` after each task. With a process group, every rank must call this: a Dataset
@@ -55,8 +57,9 @@ def compute_importance(
     if not params:
         raise ValueError("The model has no trainable parameters: nothing to estimate importance for")
     rank, world_size = comm.world()
-    data, cap = rank_share(data, config, rank, world_size)
-    batches = limit_samples(as_batches(data, config.importance_batch_size, collate_fn), cap)
+    data, cap = rank_share(as_samples(data), config, rank, world_size)
+    nonempty = SkipEmpty(as_batches(data, config.importance_batch_size, collate_fn))
+    batches = limit_samples(nonempty, cap)
     lockstep = Lockstep(batches) if engine is not None else None
     bar = tqdm(
         desc=f"importance ({config.method}, {task_name})",
@@ -79,6 +82,12 @@ def compute_importance(
             p.grad = stash[n]
         model.train(was_training)
         bar.close()
+    if nonempty.skipped:
+        warnings.warn(
+            f"Importance of {task_name!r}: {nonempty.skipped} samples are all padding (attention_mask all 0) "
+            "and were left out: they have no output to measure and do not count in N (Eq. 2)",
+            stacklevel=2,
+        )
     if world_size > 1:
         result = combine(result, lockstep)
     if result.num_samples == 0:

@@ -122,11 +122,17 @@ class Omega(OmegaCheckpoint, Mapping[str, torch.Tensor]):
         return self
 
     def validate(self, model: nn.Module | None = None) -> None:
-        """Raise ValueError on non-finite or negative importance, or names/shapes the model lacks."""
+        """Raise ValueError on a non-float dtype, non-finite or negative importance, Omega and theta*
+        of different names or shapes, or names/shapes the model lacks."""
         check_tensors(self.importance, "Omega", nonnegative=True)
         check_tensors(self.anchors, "theta*")
         if self.anchors and set(self.anchors) != set(self.importance):
             raise ValueError("theta* and Omega cover different parameters")
+        for n, a in self.anchors.items():  # without a model too: a bad pair must never overwrite a checkpoint
+            if a.shape != self.importance[n].shape:
+                raise ValueError(
+                    f"theta*[{n!r}] has shape {tuple(a.shape)}, Omega {tuple(self.importance[n].shape)}"
+                )
         if model is not None and self.is_sharded:
             for n, t in self.importance.items():
                 if t.numel() != self.shards[n].numel:

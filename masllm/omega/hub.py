@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 
 from .io import ANCHORS_NAME, CONFIG_NAME, OMEGA_NAME
@@ -34,20 +35,33 @@ def resolve(
 ) -> Path:
     """A local directory as given; otherwise a Hub model repo id, of which only the Omega files are
     fetched (the cache is used first; `HF_HUB_OFFLINE=1` or `local_files_only` never go online)."""
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise NotADirectoryError(f"{path} is a file: pass the directory that holds {CONFIG_NAME}")
-    folder = snapshot_download(
-        str(name_or_path),
-        revision=revision,
-        cache_dir=cache_dir,
-        token=token,
-        local_files_only=local_files_only,
-        allow_patterns=OMEGA_FILES,
-        library_name="masllm",
-    )
+    try:
+        validate_repo_id(str(name_or_path))
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"No directory {str(name_or_path)!r} ({path.resolve()}), and it is not a Hub repo id"
+        ) from None
+    try:
+        folder = snapshot_download(
+            str(name_or_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            allow_patterns=OMEGA_FILES,
+            library_name="masllm",
+        )
+    except Exception as e:  # offline, no such repo, no access: name both places that were tried
+        raise FileNotFoundError(
+            f"No directory {str(name_or_path)!r} ({path.resolve()}), and Hub repo {str(name_or_path)!r} could "
+            "not be fetched: "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        ) from e
     return Path(folder)
 
 
@@ -110,7 +124,7 @@ def card_section(omega: Omega) -> str:
 def update_model_card(directory: str | Path, omega: Omega) -> None:
     """Add (or replace) the masllm section and tags in `directory/README.md`, keeping the rest."""
     path = Path(directory) / "README.md"
-    card = ModelCard.load(path) if path.is_file() else ModelCard("---\n---\n")
+    card = ModelCard.load(path) if path.is_file() else ModelCard("---\ntags: []\n---\n")  # a metadata block
     text = card.text
     if CARD_START in text and CARD_END in text:
         head, rest = text.split(CARD_START, 1)

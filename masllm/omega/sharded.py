@@ -12,22 +12,33 @@ resharding to any world size or ZeRO stage never materialises the whole Omega ei
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ..distributed.comm import barrier, world
 from ..distributed.shard import Shard
 from .checkpoint import config_from_meta
+from .commit import CheckpointWriter, check_files
 from .container import Omega
-from .io import ANCHORS_NAME, OMEGA_NAME, finish_files, load_meta, plan_files, write_meta
+from .io import (
+    ANCHORS_NAME,
+    OMEGA_NAME,
+    SAVE_ID,
+    index_content,
+    layout_names,
+    load_meta,
+    plan_files,
+    read_index,
+    reads_index,
+    sync_file,
+)
 
 SAFETENSORS_DTYPES = {
     torch.float32: "F32",
@@ -47,11 +58,17 @@ def _gather_full(local: torch.Tensor, shard: Shard) -> torch.Tensor | None:
 
 
 def _stream_safetensors(
-    path: Path, names: list[str], shards: Mapping[str, Shard], dtype: torch.dtype, full_of: Callable
+    path: Path | None,
+    names: list[str],
+    shards: Mapping[str, Shard],
+    dtype: torch.dtype,
+    full_of: Callable,
+    save_id: str | None,
 ) -> None:
-    """Write a safetensors file tensor by tensor (header first: shapes and dtypes are known)."""
+    """Write a safetensors file tensor by tensor (header first: shapes and dtypes are known); every
+    rank takes part in the gathers, rank 0 (the one with a `path`) writes."""
     size = torch.tensor([], dtype=dtype).element_size()
-    header: dict = {"__metadata__": {"format": "pt"}}
+    header: dict = {"__metadata__": {"format": "pt", SAVE_ID: save_id}}
     offset = 0
     for n in names:
         nbytes = shards[n].full_numel * size
@@ -63,61 +80,56 @@ def _stream_safetensors(
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    f = None
-    if world()[0] == 0:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        f = os.fdopen(fd, "wb")
-        f.write(struct.pack("<Q", len(blob)) + blob)
-    try:
+    with open(path, "wb") if path is not None else contextlib.nullcontext() as f:
+        if f is not None:
+            f.write(struct.pack("<Q", len(blob)) + blob)
         for n in names:
             full = full_of(n)  # collective: every rank calls it
             if f is not None:
                 f.write(full.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    finally:
-        if f is not None:
-            f.close()
-    if f is not None:
-        os.replace(tmp, path)
+    if path is not None:
+        sync_file(path)
 
 
 def save_omega_consolidated(
     omega: Omega, save_directory: str | Path, max_shard_size: int | str = "5GB"
 ) -> None:
     """Write a sharded Omega as full `mas_omega` / `mas_anchors` safetensors + `mas_config.json`, in
-    the files (and HF-style shards above `max_shard_size`) one process would write."""
+    the files (and HF-style shards above `max_shard_size`) one process would write, as one save
+    (`masllm.omega.commit`: rank 0 stages every file, then commits)."""
     omega.validate()
-    directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
     rank0, names = world()[0] == 0, sorted(omega.importance)
-    for stem, tensors in ((OMEGA_NAME, omega.importance), (ANCHORS_NAME, omega.anchors)):
-        dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
-        size = torch.tensor([], dtype=dtype).element_size()
-        split = plan_files({n: omega.shards[n].full_numel * size for n in names}, stem, max_shard_size)
-        for filename, keys in split.filename_to_tensors.items():  # the same order on every rank
-            _stream_safetensors(
-                directory / filename,
-                keys,
-                omega.shards,
-                dtype,
-                lambda n, t=tensors: _gather_full(t[n], omega.shards[n]),
-            )
+    with CheckpointWriter(Path(save_directory)) if rank0 else contextlib.nullcontext() as writer:
+        for stem, tensors in ((OMEGA_NAME, omega.importance), (ANCHORS_NAME, omega.anchors)):
+            dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
+            size = torch.tensor([], dtype=dtype).element_size()
+            split = plan_files({n: omega.shards[n].full_numel * size for n in names}, stem, max_shard_size)
+            for filename, keys in split.filename_to_tensors.items():  # the same order on every rank
+                _stream_safetensors(
+                    writer.temporary(filename) if rank0 else None,
+                    keys,
+                    omega.shards,
+                    dtype,
+                    lambda n, t=tensors: _gather_full(t[n], omega.shards[n]),
+                    writer.save_id if rank0 else None,
+                )
+            if rank0 and split.is_sharded:
+                writer.stage_text(layout_names(stem, split)[-1], index_content(split, writer.save_id))
         if rank0:
-            finish_files(directory, stem, split)
-    if rank0:
-        write_meta(directory, omega.config.to_dict(), omega.tasks, omega.merge_state, "file")
+            writer.commit(omega.config.to_dict(), omega.tasks, omega.merge_state, "file")
     barrier()  # nobody reads the checkpoint before it is complete
 
 
-def _files_of(directory: Path, stem: str) -> dict[str, Path]:
-    """Tensor name -> file, for a single file or an HF-style sharded index."""
-    single, index = directory / f"{stem}.safetensors", directory / f"{stem}.safetensors.index.json"
-    if single.is_file():
+def _files_of(directory: Path, stem: str, files: list[str] | None) -> dict[str, Path]:
+    """Tensor name -> file, for a single file or an HF-style sharded index (confined to `directory`)."""
+    if reads_index(directory, stem, files):
+        return read_index(directory, stem)
+    single = directory / f"{stem}.safetensors"
+    try:
         with safe_open(single, "pt") as f:
             return dict.fromkeys(f.keys(), single)
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {n: directory / file for n, file in weight_map.items()}
-    raise FileNotFoundError(f"No {single.name} (or sharded index) in {directory}")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{single} is not a readable safetensors file ({e})") from None
 
 
 def _read_slice(path: Path, name: str, shard: Shard) -> torch.Tensor:
@@ -147,6 +159,8 @@ def load_omega_shards(
     """
     directory = Path(directory)
     meta = load_meta(directory)
+    config = config_from_meta(meta, directory)
+    files = check_files(directory, meta)
     importance, anchors = {}, {}
     stems = [(OMEGA_NAME, importance)]
     if meta["anchors"] == "file":
@@ -154,26 +168,26 @@ def load_omega_shards(
     elif meta["anchors"] == "model" and weights is None:
         raise ValueError(f"{directory} stores theta* as the model's weights: pass weights= to load them")
     for stem, out in stems:
-        files = _files_of(directory, stem)
-        unknown = [n for n in files if n not in shards]
+        located = _files_of(directory, stem, files)
+        unknown = [n for n in located if n not in shards]
         if unknown:
             raise ValueError(f"{directory}/{stem} has names this model does not train, e.g. {unknown[:3]}")
-        for n, path in files.items():
+        for n, path in located.items():
             out[n] = _read_slice(path, n, shards[n])
     if meta["anchors"] == "model":
         anchors = {
-            n: weights[n]
-            .detach()
-            .to(getattr(torch, meta["config"].get("storage_dtype", "float32")), copy=True)
-            for n in importance
+            n: weights[n].detach().to(getattr(torch, config.storage_dtype), copy=True) for n in importance
         }
     omega = Omega(
         importance,
         anchors,
-        config=config_from_meta(meta),
+        config=config,
         tasks=meta["tasks"],
         merge_state=meta.get("merge_state"),
         shards={n: shards[n] for n in importance},
     )
-    omega.validate()
+    try:
+        omega.validate()
+    except ValueError as e:
+        raise ValueError(f"{directory}: {e}") from None
     return omega

@@ -7,7 +7,7 @@ else of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -85,3 +85,31 @@ def config_from_dict(cls: type[C], data: dict[str, Any], what: str) -> C:
             f"known fields are {known}"
         )
     return cls(**data)
+
+
+def check_config_keys(
+    model_type: str, config: Mapping[str, Any], allowed: Collection[str] = (), what: str = "model_config"
+) -> None:
+    """Every key of `config` must be one the transformers config class of `model_type` uses (a field,
+    an `attribute_map` alias, or an older name it converts, e.g. `rope_theta`) or be in `allowed`: a
+    config class keeps any other keyword as a stray attribute, so a typo (`n_layers` for `n_layer`)
+    would silently build the default model."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        known_types = sorted(CONFIG_MAPPING.keys())
+        raise ValueError(f"{what}: unknown model_type {model_type!r}{did_you_mean(model_type, known_types)}")
+    cls = CONFIG_MAPPING[model_type]
+    given = {k: v for k, v in config.items() if k != "model_type" and k not in allowed}
+    default = cls().to_dict()
+    try:
+        built = cls(**given).to_dict()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: {cls.__name__} refuses it: {e}") from None
+    unknown = sorted(k for k in given if k in built and k not in default)  # kept as a stray attribute
+    if unknown:
+        known = sorted({*default, *getattr(cls, "attribute_map", {})})
+        raise ValueError(
+            f"{what}: {unknown} not a field of {cls.__name__} (model_type {model_type!r})"
+            f"{did_you_mean(unknown[0], known)}"
+        )

@@ -15,12 +15,17 @@ Under DeepSpeed ZeRO-1/2/3 each rank holds only its slices of Omega and theta*
 (`masllm.trainer.zero`): the penalty is added inside the ZeRO optimizer's step, checkpoints carry
 the consolidated Omega, and `omega=` may be a saved directory, read slice by slice on every rank.
 
+Divergence stops training with `DivergenceError` before a checkpoint of the diverged step is written
+(a non-finite loss, gradient norm or penalty), and plain SGD whose step on the penalty would be
+unstable gets a warning with the numbers (`masllm.trainer.guards`).
+
 The trainer never estimates importance: after `train()`, call `masllm.compute_importance` on the
 task's unlabeled data and `omega.merge(...)` (the recipe does exactly that).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +33,14 @@ import torch
 from torch import nn
 
 from ..config import MASConfig
+from ..distributed import comm
 from ..omega import Omega
 from ..omega.checkpoint import config_from_meta
 from ..omega.hub import TAGS, update_model_card
 from ..omega.io import CONFIG_NAME, load_meta
 from ..omega.sharded import save_omega_consolidated
 from ..penalty import BoundPenalty
+from .guards import DivergenceError, divergence_message, is_finite, warn_if_unstable
 from .zero import ShardedPenalty, wrap_optimizer_step
 
 
@@ -66,6 +73,7 @@ class MASMixin:
             self.omega.validate(self.model)
         self._penalty: BoundPenalty | ShardedPenalty | None = None
         self._resume_dir: str | None = None
+        self._nonfinite_loss: float | None = None  # a micro-batch loss of the current step that was NaN/Inf
 
     @property
     def penalty_active(self) -> bool:
@@ -81,6 +89,7 @@ class MASMixin:
             names = list(self.omega.importance)  # keep one copy: Omega now lives beside the parameters
             self.omega.importance.update(zip(names, self._penalty.omegas))
             self.omega.anchors.update(zip(names, self._penalty.anchors))
+            self._check_stability()
         scaler = getattr(self.accelerator, "scaler", None)
         grad_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         self._penalty.add_grad_(self.mas_config.penalty_weight, grad_scale=grad_scale)
@@ -92,6 +101,7 @@ class MASMixin:
             resumed = self._resume_dir and (Path(self._resume_dir) / CONFIG_NAME).is_file()
             source = self._resume_dir if resumed else self._omega_dir
             self._penalty = ShardedPenalty(self.model_wrapped, self.omega, source, adopt=self._adopt)
+            self._check_stability()  # every rank binds here, at the same step: the max is a collective
         if self.penalty_active:
             self._penalty.add_grad_(self.mas_config.penalty_weight)
 
@@ -113,11 +123,38 @@ class MASMixin:
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.accelerator.sync_gradients and not self.is_deepspeed_enabled:
             self.apply_penalty()  # after the last micro-batch's backward, before clipping and step
+        if not torch.isfinite(loss).all():  # one sync, as the Trainer's own NaN filter does
+            self._nonfinite_loss = float(loss.detach().float().max())
         return loss
+
+    def _maybe_log_save_evaluate(self, tr_loss: Any, grad_norm: Any, *args: Any, **kwargs: Any) -> None:
+        """Before the Trainer logs and saves this step: stop if it diverged (`masllm.trainer.guards`)."""
+        bad = self._nonfinite_loss is not None or not is_finite(grad_norm)
+        if bad and self.args.fp16 and self.accelerator.optimizer_step_was_skipped:
+            bad = False  # fp16 overflow: the loss scaler skipped this step and lowers its scale
+        if comm.world()[1] > 1:
+            bad = bool(comm.all_reduce_max(int(bad)))  # every rank stops, not only the one that saw it
+        loss, self._nonfinite_loss = self._nonfinite_loss, None
+        if bad:
+            raise DivergenceError(divergence_message(self.state.global_step, loss, grad_norm))
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _check_stability(self) -> None:
+        """Warn once when plain SGD's step on the penalty alone would be unstable (guards)."""
+        if not self.penalty_active:
+            return
+        local = max((float(t.max()) for t in self.omega.importance.values() if t.numel()), default=0.0)
+        max_omega = comm.all_reduce_max(local) if self.omega.is_sharded else local
+        warn_if_unstable(self.optimizer, self.mas_config.penalty_weight, max_omega)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.penalty_active and self._penalty is not None:
-            logs["mas_penalty"] = round(self.penalty(), 8)
+            value = self.penalty()
+            if not math.isfinite(value):
+                raise DivergenceError(
+                    divergence_message(self.state.global_step, None, logs.get("grad_norm"), value)
+                )
+            logs["mas_penalty"] = round(value, 8)
         super().log(logs, start_time)
 
     def penalty(self) -> float:
@@ -152,6 +189,16 @@ class MASMixin:
         if (Path(resume_from_checkpoint) / CONFIG_NAME).is_file():
             self._adopt(Omega.from_pretrained(resume_from_checkpoint, model=self.model))
             self._penalty = None
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """A tied weight (GPT-2's lm_head = wte) is not saved and not missing: do not warn about it."""
+        params, every = (
+            dict(self.model.named_parameters()),
+            dict(self.model.named_parameters(remove_duplicate=False)),
+        )
+        tied = set(every) - set(params)
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def _adopt(self, loaded: Omega) -> None:
         """Take a checkpoint's Omega into `self.omega` (the same object: callers' references stay

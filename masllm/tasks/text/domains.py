@@ -26,6 +26,7 @@ from typing import Any
 
 from datasets import load_dataset
 
+from ...registry import looks_like_path
 from ..base import config_from_dict
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
@@ -127,7 +128,8 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
     kinds &= {".txt", *TABLE_BUILDERS}
     if len(kinds) != 1:
         raise ValueError(
-            f"{path}: expected files of one kind ({TEXT_SUFFIXES} or {sorted(TABLE_BUILDERS)}), found {sorted(kinds) or 'none'}"
+            f"{path}: expected files of one kind ({TEXT_SUFFIXES} or {sorted(TABLE_BUILDERS)}), "
+            f"found {sorted(kinds) or 'none'}"
         )
     kind = kinds.pop()
     builder = "text" if kind == ".txt" else TABLE_BUILDERS[kind]
@@ -135,6 +137,16 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
         TEXT_SUFFIXES if kind == ".txt" else tuple(s for s, b in TABLE_BUILDERS.items() if b == builder)
     )
     return builder, [str(p) for p in files if p.suffix in suffixes]
+
+
+def _read_text(path: Path, domain: DomainConfig) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"Domain {domain.name!r}: {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start}); text sources must be UTF-8"
+        ) from None
 
 
 def load_documents(source: str, split: str, domain: DomainConfig) -> list[str]:
@@ -148,11 +160,30 @@ def load_documents(source: str, split: str, domain: DomainConfig) -> list[str]:
         return BUILTIN_SOURCES[name]()
     path = Path(source).expanduser()
     if path.exists():
-        builder, files = _local_files(path)
-        kwargs = {"sample_by": "document"} if builder == "text" else {}
-        ds = load_dataset(builder, data_files={"train": files}, split=split, **kwargs)
+        try:
+            builder, files = _local_files(path)
+        except ValueError as e:
+            raise ValueError(f"Domain {domain.name!r}: {e}") from None
+        if builder == "text":  # read here: one document per file, and a clear error for a binary file
+            if split != "train":
+                raise ValueError(
+                    f"Domain {domain.name!r}: local text {source!r} has only a 'train' split, not {split!r}"
+                )
+            return [t for t in (_read_text(Path(f), domain) for f in files) if t]
+        ds = load_dataset(builder, data_files={"train": files}, split=split)
+    elif looks_like_path(source):
+        raise FileNotFoundError(
+            f"Domain {domain.name!r}: source {source!r} does not exist ({path.resolve()})"
+        )
     else:
-        ds = load_dataset(source, domain.subset, split=split, streaming=domain.streaming)
+        try:
+            ds = load_dataset(source, domain.subset, split=split, streaming=domain.streaming)
+        except Exception as e:  # offline, unknown name, ...: say which domain, and what was tried
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise FileNotFoundError(
+                f"Domain {domain.name!r}: source {source!r} is not a local file or folder ({path.resolve()}), "
+                f"and loading it as a Hub dataset failed: {type(e).__name__}: {reason}"
+            ) from e
     if domain.streaming and domain.max_chars is not None:
         return take_chars((row[domain.text_field] for row in ds), domain.max_chars)
     if domain.text_field not in ds.column_names:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base import Task, TaskSequence
+from ..base import Task, TaskSequence, check_config_keys
 from .domains import DomainConfig
 from .packing import load_domain, load_or_train_tokenizer
 
@@ -46,6 +46,17 @@ def token_metrics(eval_pred: Any) -> dict[str, float]:
     return {"nll": nll / count, "perplexity": math.exp(min(nll / count, 50.0)), "accuracy": correct / count}
 
 
+def check_model_config(model_config: Any) -> None:
+    """Before any data work: a dict with a known `model_type` whose keys its config class has."""
+    if not model_config:
+        raise ValueError("Give model_name_or_path or model_config (a dict with model_type)")
+    if not isinstance(model_config, dict) or "model_type" not in model_config:
+        raise ValueError(
+            f"model_config must be a mapping with a model_type (e.g. gpt2), got {model_config!r}"
+        )
+    check_config_keys(model_config["model_type"], model_config)
+
+
 def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> TaskSequence:
     """Tasks from `data_args.domains`, a causal LM from `model_args` (hub name / path, or a config).
 
@@ -56,6 +67,8 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     domains = [DomainConfig.from_dict(d) for d in data_args.domains]
+    if not model_args.model_name_or_path:
+        check_model_config(model_args.model_config)
     cache_dir = Path(data_args.cache_dir)
     source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     with training_args.main_process_first(desc="tokenizer and packed domains"):
@@ -79,11 +92,10 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
     def model_init(path: str | None) -> nn.Module:
         if path is not None or model_args.model_name_or_path:
             return AutoModelForCausalLM.from_pretrained(path or model_args.model_name_or_path)
-        if not model_args.model_config:
-            raise ValueError("Give model_name_or_path or model_config (a dict with model_type)")
         config = dict(model_args.model_config)
         config.setdefault("vocab_size", len(tokenizer))
-        config.update(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
+        config.update(ids, pad_token_id=tokenizer.pad_token_id)  # as the Trainer would align them, noisily
         config = AutoConfig.for_model(**config)
         torch.manual_seed(training_args.seed)
         # The class itself, not `from_config`: under ZeRO-3 that initialises inside zero.Init, whose

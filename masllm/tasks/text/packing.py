@@ -102,9 +102,16 @@ def _head(blocks: np.ndarray, limit: int | None) -> np.ndarray:
 def build_domain(domain: DomainConfig, tokenizer: Any, block_size: int, seed: int) -> DatasetDict:
     """Packed `train`, `importance` and `eval` sets of one domain (not cached; see `load_domain`)."""
     docs = shuffled_documents(domain, domain.train_split, seed)
+    if not docs:
+        raise ValueError(f"Domain {domain.name!r}: source {domain.source!r} holds no text")
     eval_fraction = 0.0 if domain.eval_split else domain.eval_fraction
     held_fraction = domain.heldout_fraction if domain.importance == "heldout" else 0.0
-    parts = cut_blocks(pack(docs, tokenizer, block_size), eval_fraction, held_fraction)
+    try:
+        parts = cut_blocks(pack(docs, tokenizer, block_size), eval_fraction, held_fraction)
+    except ValueError as e:
+        raise ValueError(
+            f"Domain {domain.name!r} ({domain.source}), blocks of {block_size} tokens: {e}"
+        ) from None
     if domain.eval_split:
         parts["eval"] = pack(shuffled_documents(domain, domain.eval_split, seed), tokenizer, block_size)
     if domain.importance_source:

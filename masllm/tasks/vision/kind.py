@@ -21,6 +21,7 @@ The model (`model_config`) is `MultiHeadClassifier` with a backbone from `models
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from transformers import default_data_collator
 
-from ..base import Task, TaskSequence, config_from_dict
+from ...registry import did_you_mean
+from ..base import Task, TaskSequence, check_config_keys, config_from_dict
 from .data import TaskDataset
 from .mnist import load_idx_dataset, permutation, to_float
-from .models import MultiHeadClassifier, build_backbone
+from .models import HF_BACKBONES, MLPBackbone, MultiHeadClassifier, build_backbone
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -191,11 +193,31 @@ def accuracy_metric(eval_pred: Any) -> dict[str, float]:
     return {"accuracy": 100.0 * float((preds.argmax(-1) == labels).mean())}
 
 
+def check_backbone_config(kind: str, config: dict[str, Any]) -> None:
+    """Before any data work: the keys of `model_config` are arguments of the backbone (MLP) or fields
+    of its transformers config class (ViT / ResNet / ConvNeXt), with a "did you mean"."""
+    if kind in HF_BACKBONES:
+        check_config_keys(kind, config, allowed=("image_shape", "add_pooling_layer", "image_size"))
+    elif kind == "mlp":
+        known = [p for p in inspect.signature(MLPBackbone.__init__).parameters if p != "self"]
+        unknown = sorted(set(config) - set(known))
+        if unknown:
+            raise ValueError(
+                f"model_config: {unknown} not an argument of the mlp backbone {known}{did_you_mean(unknown[0], known)}"
+            )
+    else:
+        kinds = ["mlp", *HF_BACKBONES]
+        raise ValueError(
+            f"model_config: unknown backbone {kind!r}{did_you_mean(kind, kinds)}; choose one of {kinds}"
+        )
+
+
 def vision_sequence(model_args: Any, data_args: Any, training_args: Any) -> TaskSequence:
     """The `vision` kind: tasks from `data_args.domains`, a multi-head model from `model_args`."""
     configs = [VisionTaskConfig.from_dict(dict(d)) for d in data_args.domains]
     model_config = dict(model_args.model_config or {"backbone": "mlp"})
     kind = model_config.pop("backbone", "mlp")
+    check_backbone_config(kind, model_config)
     image_size = int(model_config.get("image_size", 224))
     cache: dict[str, Any] = {}
     tasks, head_sizes = [], {}
