@@ -73,6 +73,7 @@ class PerSampleAbsGrad:
         for module in model.modules():
             own = [(a, name_of[id(p)]) for a, p in module.named_parameters(recurse=False) if id(p) in name_of]
             if own:
+                self._handles.append(module.register_forward_pre_hook(partial(self._hook_live, own)))
                 hook = partial(self._on_forward, own)
                 self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
                 if isinstance(module, nn.Embedding):
@@ -124,7 +125,6 @@ class PerSampleAbsGrad:
     ) -> None:
         if not torch.is_grad_enabled() or self._replaying:  # not while generic_per_sample re-runs a module
             return
-        self._hook_live(module, own)
         ids = [n for _, n in own]
         B = self.batch_size
         ok = (
@@ -146,9 +146,12 @@ class PerSampleAbsGrad:
             self.uses[i] = self.uses.get(i, 0) + 1
         output.register_hook(partial(self._on_output_grad, module, own, args, kwargs))
 
-    def _hook_live(self, module: nn.Module, own: list[tuple[str, str]]) -> None:
-        """Hook the tensor this forward uses where it is not the parameter given (FSDP2's unsharded
-        parameter, a persistent tensor: hooked once)."""
+    def _hook_live(self, own: list[tuple[str, str]], module: nn.Module, args: tuple) -> None:
+        """Before forward: hook the tensor this forward uses where it is not the parameter given
+        (FSDP2's unsharded parameter, a persistent tensor: hooked once). A pre-hook, as an FSDP2
+        module's own post-forward hook puts the sharded parameter back."""
+        if not torch.is_grad_enabled() or self._replaying:
+            return
         for attr, n in own:
             t = getattr(module, attr)
             if t is not self.params[n] and self.live.get(n) is not t:

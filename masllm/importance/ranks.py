@@ -30,6 +30,7 @@ from ..batch import Batch, batch_size, is_map_dataset
 from ..config import MASConfig
 from ..distributed import comm, fsdp, zero
 from .context import ImportanceContext, ImportanceSums
+from .per_sample import PerSampleMismatch
 
 
 def rank_share(data: Any, config: MASConfig, rank: int, world_size: int) -> tuple[Any, int | None]:
@@ -114,7 +115,15 @@ class FSDPAccumulator:
         self.local, self.lockstep = local, lockstep
 
     def __call__(self, loss: torch.Tensor) -> None:
-        (loss * self.lockstep.weight).backward()
+        try:
+            (loss * self.lockstep.weight).backward()
+        except PerSampleMismatch as e:  # not the caller's fallback: it would give wrong sums here
+            raise RuntimeError(
+                f"{e}. Under FSDP2 a backward pass abandoned half-way leaves the sharded module unable to "
+                "reduce its root group's gradients again, so masllm cannot fall back to one sample per "
+                "backward pass: use check_per_sample=False if the mismatch is rounding (bf16 compute), "
+                "abs_mode='per_batch', or DDP / one process"
+            ) from e
 
     def reset(self) -> None:
         for p in self.local.params.values():

@@ -5,7 +5,7 @@ Usage:
     accelerate launch --config_file accelerate_configs/cpu_zero3.yaml \\
         tests/distributed/two_tasks.py --out /tmp/z3 --resume-check --load-check /tmp/single/omega
     accelerate launch --config_file accelerate_configs/cpu_fsdp2.yaml \\
-        tests/distributed/two_tasks.py --out /tmp/f2 --resume-check --load-check /tmp/z3/omega
+        tests/distributed/two_tasks.py --out /tmp/f2 --resume-check --load-check /tmp/z3/omega /tmp/single/omega
 
 Task A (4 optimizer steps, 2 micro-batches each) -> Omega_A (Eq. 2 on A's unlabeled inputs) ->
 task B under the penalty (Eq. 3, lambda = 50, SGD, gradient clipping at 0.5) -> Omega_B merged. The global
@@ -15,7 +15,7 @@ weights), `omega_a/` (Omega after task A), `losses.json`; every rank writes `ran
 local element counts) and `rank{r}.safetensors` (its raw slices and their offsets).
 With --resume-check: task B is resumed from its step-2 checkpoint in a fresh Trainer with an empty
 Omega; Omega, theta*, losses and weights must come back as in the uninterrupted run (rank 0 writes
-`resume.json`). With --load-check DIR: an Omega saved elsewhere (any world size) is loaded into
+`resume.json`). With --load-check DIR [DIR ...]: an Omega saved elsewhere (any world size) is loaded into
 this run's shards and compared with the file's tensors (`load.json`). With --lora the model is a
 frozen base with LoRA adapters (only they have fp32 master slices, Omega and theta*). Under FSDP2
 Omega and theta* are DTensors: the raw slices are their local shards, and rank 0 also writes
@@ -139,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume-check", action="store_true")
-    parser.add_argument("--load-check", type=Path)
+    parser.add_argument("--load-check", type=Path, nargs="+", default=[])
     parser.add_argument("--lora", action="store_true", help="frozen base + LoRA adapters (peft)")
     parser.add_argument("--bf16", action="store_true", help="bf16 training (ZeRO: bf16 weights, fp32 master)")
     parser.add_argument("--bf16-storage", action="store_true", help='MASConfig(storage_dtype="bfloat16")')
@@ -199,8 +199,9 @@ def main() -> None:
         save_file(weights_b, str(out / "weights.safetensors"))
         (out / "losses.json").write_text(json.dumps({"a": losses(trainer_a), "b": losses(trainer_b)}))
 
-    if cli.load_check and sharded_b is not None:
-        check_load(cli.load_check, sharded_b, omega, out, rank, data_b)
+    if cli.load_check and sharded_b is not None:  # rank r writes load{r}.json: {saving run: report}
+        reports = {d.parent.name: check_load(d, sharded_b, omega, out, rank, data_b) for d in cli.load_check}
+        (out / f"load{rank}.json").write_text(json.dumps(reports))
     if cli.resume_check:
         check_resume(model, out, data_b, cfg, trainer_b, weights_b, rank)
 
@@ -214,7 +215,7 @@ def maxabs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) if a.numel() else 0.0
 
 
-def check_load(directory: Path, sharded, omega: Omega, out: Path, rank: int, data) -> None:
+def check_load(directory: Path, sharded, omega: Omega, out: Path, rank: int, data) -> dict:
     """Slices read from a checkpoint saved at another world size (or under another backend) equal the
     file's tensors there, directly and through `MASTrainer(omega=directory)`, which reads them at its
     first step. `sharded`: the DeepSpeed engine, or the FSDP2 model."""
@@ -230,7 +231,9 @@ def check_load(directory: Path, sharded, omega: Omega, out: Path, rank: int, dat
     )
     own = load_omega_shards(out / "omega", shards)  # our own save, read back into our shards
     own_err = max(maxabs(own[n], flat(omega[n])) for n in omega.importance)
-    trainer = MASTrainer(module, args_for(out, "from_dir"), train_dataset=data, omega=str(directory))
+    trainer = MASTrainer(
+        module, args_for(out, f"from_{directory.parent.name}"), train_dataset=data, omega=str(directory)
+    )
     trainer.train()
     got = trainer.omega
     trainer_err = max(
@@ -241,7 +244,7 @@ def check_load(directory: Path, sharded, omega: Omega, out: Path, rank: int, dat
     report["trainer_sharded"] = got.is_sharded and set(got.shards) == set(shards)
     report["trainer_dtensor"] = all(hasattr(t, "full_tensor") for t in got.importance.values())
     report["trainer_penalty"] = max(h.get("mas_penalty", 0.0) for h in losses(trainer))
-    (out / f"load{rank}.json").write_text(json.dumps(report))
+    return report
 
 
 def check_resume(
