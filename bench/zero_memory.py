@@ -167,7 +167,7 @@ def print_report(backend: str, reports: list[dict]) -> None:
     print(f"plain {backend} step {plain:.4f} s   MAS {backend} step {mas:.4f} s   ratio {mas / plain:.3f}")
     pen = reports[0]["penalty_median_s"]
     print(
-        f"penalty on the rank's slices (inside the MAS step): {pen * 1e3:.2f} ms = {pen / plain:.2%} of a step"
+        f"penalty on the rank's shards (part of the MAS step): {pen * 1e3:.2f} ms = {pen / plain:.2%} of a step"
     )
 
 

@@ -108,7 +108,8 @@ class MASMixin:
     # after the last micro-batch's backward.
     def apply_sharded_penalty(self) -> None:
         """grad_local += loss_scale * 2 lambda Omega_local (theta_local - theta*_local), no communication."""
-        if self._penalty is None and (self.penalty_active or self._resume_dir or self._omega_dir):
+        # bound whenever there is an Omega (also at lambda = 0): it then holds this rank's shards
+        if self._penalty is None and (not self.omega.is_empty or self._resume_dir or self._omega_dir):
             resumed = self._resume_dir and (Path(self._resume_dir) / CONFIG_NAME).is_file()
             source = self._resume_dir if resumed else self._omega_dir
             if self.is_fsdp_enabled:
