@@ -268,6 +268,8 @@ def test_two_node_launch_on_localhost(runs, tmp_path: Path, config: str) -> None
         proc.wait(timeout=TIMEOUT)
         check(proc, log)
     assert_same_run(out, runs("single"))
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["sharded"] and r["dtensor"] == ("fsdp2" in config) for r in ranks)
 
 
 def test_exit_process_returns_without_a_process_group():

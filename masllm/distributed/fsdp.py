@@ -54,10 +54,10 @@ def shard_of(name: str, p: torch.Tensor) -> Shard:
     """The elements of the flattened full tensor that this rank's shard of `p` holds."""
     _check_placement(name, p)
     shape = tuple(p.shape)
-    rows, world = (shape[0] if shape else 1), p.device_mesh.size()
-    per_rank = -(-rows // world)
+    rows = shape[0]
+    per_rank = -(-rows // p.device_mesh.size())
     first = min(p.device_mesh.get_local_rank() * per_rank, rows)
-    held = p.to_local().shape[0] if shape else p.to_local().numel()
+    held = p.to_local().shape[0]
     if held != max(0, min(per_rank, rows - first)):  # the chunk rule changed: refuse rather than misplace
         raise ValueError(
             f"{name!r}: this rank holds {held} rows, not rows [{first}, {first + per_rank}) of {rows}"
@@ -91,8 +91,10 @@ class DTensorShards:
     def __init__(self, params: dict[str, nn.Parameter], loss_scale: Any = None) -> None:
         self.params = params
         self.shards = shards_of(params)
-        meshes = {p.device_mesh.size() for p in params.values()}
-        self.world_size = meshes.pop() if len(meshes) == 1 else 1
+        sizes = {p.device_mesh.size() for p in params.values()}
+        if len(sizes) > 1:
+            raise ValueError(f"The parameters are sharded over meshes of different sizes {sorted(sizes)}")
+        self.world_size = sizes.pop() if sizes else 1
         self._loss_scale = loss_scale or (lambda: 1.0)
 
     def values(self) -> dict[str, torch.Tensor]:
