@@ -1,17 +1,19 @@
-"""MAS state per rank under DeepSpeed ZeRO-3, and the cost of the sharded penalty, in one run.
+"""MAS state per rank under DeepSpeed ZeRO-3 and FSDP2, and the cost of the sharded penalty, in one run.
 
 Usage:
     OMP_NUM_THREADS=1 python bench/zero_memory.py [--steps 10] [--batch 4] [--seq 64]
 
-Relaunches itself as 2 CPU ranks (`accelerate launch --config_file accelerate_configs/cpu_zero3.yaml`,
-every parameter partitioned) on the ~25M-parameter GPT-2 of bench/common.py and reports:
-- bytes of Omega + theta* held by each rank (measured on the tensors it holds) against the 8 P bytes
-  every rank holds when they are replicated (DDP, or libraries that keep full copies), in fp32 and
-  with `storage_dtype="bfloat16"`;
-- the median time of a training step with the MAS penalty added on the rank's slices inside the
-  ZeRO step, against a plain ZeRO-3 step, measured interleaved in the same Trainer run (odd steps
-  with lambda = 0, even steps with lambda = 1; with lambda = 0 the step is DeepSpeed's own, the
-  only extra being one Python call), so machine noise hits both alike.
+Relaunches itself as 2 CPU ranks twice, with `accelerate_configs/cpu_zero3.yaml` (every parameter
+partitioned by DeepSpeed) and with `accelerate_configs/cpu_fsdp2.yaml` (torch `fully_shard`), on the
+~25M-parameter GPT-2 of bench/common.py, and reports for each:
+- bytes of Omega + theta* held by each rank (measured on the tensors it holds; FSDP2: the local
+  shards of its DTensors) against the 8 P bytes every rank holds when they are replicated (DDP, or
+  libraries that keep full copies), in fp32 and with `storage_dtype="bfloat16"`;
+- the median time of a training step with the MAS penalty added on the rank's shards (ZeRO: inside
+  its step; FSDP2: after the last backward), against a plain step of the same backend, measured
+  interleaved in the same Trainer run (odd steps with lambda = 0, even steps with lambda = 1; with
+  lambda = 0 the step is the backend's own, the only extra being one Python call), so machine noise
+  hits both alike.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from common import gpt2_25m  # noqa: E402
 
 from masllm import MASConfig, MASTrainer, Omega, compute_importance  # noqa: E402
 from masllm.distributed import exit_process, world  # noqa: E402
+from masllm.distributed.fsdp import local_tensor  # noqa: E402
 
 RESULT = ROOT / "bench" / "results" / "zero_memory.json"
+BACKENDS = {"ZeRO-3": "cpu_zero3.yaml", "FSDP2": "cpu_fsdp2.yaml"}
 
 
 class Tokens(Dataset):
@@ -56,11 +60,11 @@ class Interleave(TrainerCallback):
     """Odd steps plain (lambda = 0), even steps MAS (lambda = 1); wall time of each step."""
 
     def __init__(self, trainer: MASTrainer) -> None:
-        self.trainer, self.times = trainer, {"plain ZeRO-3 step": [], "MAS ZeRO-3 step": []}
+        self.trainer, self.times = trainer, {"plain": [], "MAS": []}
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.kind = "MAS ZeRO-3 step" if state.global_step % 2 else "plain ZeRO-3 step"
-        self.trainer.mas_config.reg_lambda = 1.0 if self.kind.startswith("MAS") else 0.0
+        self.kind = "MAS" if state.global_step % 2 else "plain"
+        self.trainer.mas_config.reg_lambda = 1.0 if self.kind == "MAS" else 0.0
         self.t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -101,19 +105,19 @@ def measure(cli: argparse.Namespace) -> None:
     cfg = MASConfig(reg_lambda=1.0, importance_batch_size=2)
     with tempfile.TemporaryDirectory() as tmp:
         first = MASTrainer(model, args_for(tmp, 1, cli.batch), train_dataset=Tokens(64, cli.seq, vocab))
-        first.train()  # builds the engine: importance needs its reduced gradient slices
+        first.train()  # builds the engine / shards the model: importance needs the reduced shards
+        sharded = first.model_wrapped if first.is_deepspeed_enabled else first.model
         omega = Omega(config=cfg).merge(
-            compute_importance(
-                first.model_wrapped, Tokens(8, cli.seq, vocab, labels=False), cfg, task_name="t1"
-            )
+            compute_importance(sharded, Tokens(8, cli.seq, vocab, labels=False), cfg, task_name="t1")
         )
         rank, ws = world()
-        held = {
-            k: sum(t.numel() * t.element_size() for t in d.values())
-            for k, d in (("omega", omega.importance), ("anchors", omega.anchors))
+        local = {
+            k: [local_tensor(t) for t in d.values()]
+            for k, d in (("omega", omega), ("anchors", omega.anchors))
         }
+        held = {k: sum(t.numel() * t.element_size() for t in ts) for k, ts in local.items()}
         P = sum(s.full_numel for s in omega.shards.values())
-        bf16 = 2 * sum(t.numel() for t in omega.importance.values()) * torch.bfloat16.itemsize
+        bf16 = 2 * sum(t.numel() for t in local["omega"]) * torch.bfloat16.itemsize
         trainer = MASTrainer(
             model,
             args_for(tmp, 2 * cli.steps + 2, cli.batch),
@@ -136,18 +140,17 @@ def measure(cli: argparse.Namespace) -> None:
         "median_s": {k: statistics.median(v) for k, v in times.items()},
         "penalty_median_s": statistics.median(penalty_times[3::2]),  # MAS steps are the odd calls; 1st binds
         "steps_timed": {k: len(v) for k, v in times.items()},
+        "dtensor": all(hasattr(t, "full_tensor") for t in omega.importance.values()),
     }
     reports = [None] * ws
     torch.distributed.all_gather_object(reports, report)
     if rank == 0:
-        RESULT.parent.mkdir(exist_ok=True)
-        RESULT.write_text(json.dumps({"args": vars(cli), "ranks": reports}, indent=2) + "\n")
-        print_report(reports)
+        Path(cli.part).write_text(json.dumps(reports))
 
 
-def print_report(reports: list[dict]) -> None:
+def print_report(backend: str, reports: list[dict]) -> None:
     P = reports[0]["P"]
-    print(f"\nMAS state per rank, GPT-2 {P / 1e6:.1f}M parameters, ZeRO-3, {len(reports)} CPU ranks")
+    print(f"\nMAS state per rank, GPT-2 {P / 1e6:.1f}M parameters, {backend}, {len(reports)} CPU ranks")
     print(
         f"{'rank':<6}{'Omega+theta* bytes':>20}{'x 8P/N':>9}{'replicated 8P':>16}{'ratio':>8}{'bf16 storage':>15}"
     )
@@ -158,16 +161,13 @@ def print_report(reports: list[dict]) -> None:
             f"{r['rank']:<6}{held:>20,}{held / ideal:>9.3f}{r['replicated_bytes_fp32']:>16,}"
             f"{held / r['replicated_bytes_fp32']:>8.3f}{r['sharded_bytes_bf16']:>15,}"
         )
-    m = reports[0]["median_s"]
-    plain, mas = m["plain ZeRO-3 step"], m["MAS ZeRO-3 step"]
-    n = reports[0]["steps_timed"]
-    print(
-        f"\nstep time (rank 0, median of {n['plain ZeRO-3 step']} / {n['MAS ZeRO-3 step']} interleaved steps)"
-    )
-    print(f"plain ZeRO-3 step {plain:.4f} s   MAS ZeRO-3 step {mas:.4f} s   ratio {mas / plain:.3f}")
+    m, n = reports[0]["median_s"], reports[0]["steps_timed"]
+    plain, mas = m["plain"], m["MAS"]
+    print(f"\nstep time (rank 0, median of {n['plain']} / {n['MAS']} interleaved steps)")
+    print(f"plain {backend} step {plain:.4f} s   MAS {backend} step {mas:.4f} s   ratio {mas / plain:.3f}")
     pen = reports[0]["penalty_median_s"]
     print(
-        f"penalty on the rank's slices (inside the MAS step): {pen * 1e3:.2f} ms = {pen / plain:.2%} of a step"
+        f"penalty on the rank's shards (part of the MAS step): {pen * 1e3:.2f} ms = {pen / plain:.2%} of a step"
     )
 
 
@@ -176,21 +176,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # set by the relaunch: where rank 0 writes
     cli = parser.parse_args()
     if "WORLD_SIZE" in os.environ:
         measure(cli)
         exit_process()  # the ranks leave together, without torch's gloo teardown race
         return
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "accelerate_configs/cpu_zero3.yaml",
-    ]
-    cmd += [__file__, "--steps", str(cli.steps), "--batch", str(cli.batch), "--seq", str(cli.seq)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
-    sys.exit(subprocess.call(cmd, cwd=ROOT, env=env))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend, config in BACKENDS.items():
+            part = Path(tmp) / f"{config}.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--config_file",
+                f"accelerate_configs/{config}",
+            ]
+            cmd += [__file__, "--steps", str(cli.steps), "--batch", str(cli.batch), "--seq", str(cli.seq)]
+            if subprocess.call([*cmd, "--part", str(part)], cwd=ROOT, env=env):
+                sys.exit(f"the {backend} launch failed")
+            results[backend] = json.loads(part.read_text())
+    RESULT.parent.mkdir(exist_ok=True)
+    args = {k: v for k, v in vars(cli).items() if k != "part"}
+    RESULT.write_text(json.dumps({"args": args, "backends": results}, indent=2) + "\n")
+    for backend, reports in results.items():
+        print_report(backend, reports)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -47,3 +50,22 @@ def split_samples(batch) -> list:
         n = next(iter(batch.values())).shape[0]
         return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(n)]
     return [batch[i : i + 1] for i in range(batch.shape[0])]
+
+
+def without_save_id(path: Path) -> tuple:
+    """A checkpoint file's content with the id of the save that wrote it left out: (parsed header or
+    json, data bytes). Two saves of the same Omega are then equal byte for byte in every tensor."""
+    from masllm.omega.io import SAVE_ID
+
+    raw = path.read_bytes()
+    if path.suffix == ".json":
+        content = json.loads(raw)
+        if path.name == "mas_config.json":
+            content.pop("save_id", None)
+        else:
+            content["metadata"].pop(SAVE_ID)
+        return content, b""
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"].pop(SAVE_ID)
+    return header, raw[8 + n :]

@@ -7,17 +7,14 @@ partitions and ZeRO-2-style fragments (including ranks that own nothing of a ten
 
 from __future__ import annotations
 
-import json
-import struct
-
 import pytest
 import torch
+from reference import without_save_id
 from safetensors.torch import load_file
 from torch import nn
 
 from masllm import MASConfig, Omega
 from masllm.distributed import Shard
-from masllm.omega.io import SAVE_ID
 from masllm.omega.sharded import load_omega_shards, save_omega_consolidated
 
 SHAPES = {"a.weight": (5, 7), "a.bias": (13,), "b.weight": (3, 4, 2), "c.scale": (1,)}
@@ -76,19 +73,6 @@ def test_consolidated_save_is_the_ordinary_format(tmp_path, dtype):
     assert loaded.tasks == full.tasks and loaded.config == full.config
 
 
-def _without_save_id(path) -> tuple:
-    """(header or index as parsed JSON, data bytes), the save's id left out."""
-    raw = path.read_bytes()
-    if path.suffix == ".json":
-        content = json.loads(raw)
-        content["metadata"].pop(SAVE_ID)
-        return content, b""
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8 : 8 + n])
-    header["__metadata__"].pop(SAVE_ID)
-    return header, raw[8 + n :]
-
-
 def test_consolidated_save_shards_files_like_one_process(tmp_path):
     """Above max_shard_size: the same shard files and index as `save_pretrained`: the same header and
     data bytes, but for the id of the save each file carries (`masllm.omega.commit`)."""
@@ -100,7 +84,7 @@ def test_consolidated_save_shards_files_like_one_process(tmp_path):
     assert "mas_omega.safetensors.index.json" in files and len(files) > 4
     assert files == sorted(p.name for p in (tmp_path / "z").iterdir() if p.name != "mas_config.json")
     for name in files:
-        assert _without_save_id(tmp_path / "z" / name) == _without_save_id(tmp_path / "p" / name), name
+        assert without_save_id(tmp_path / "z" / name) == without_save_id(tmp_path / "p" / name), name
     loaded = Omega.from_pretrained(tmp_path / "z")
     assert all(
         torch.equal(loaded[n], full[n]) and torch.equal(loaded.anchors[n], full.anchors[n]) for n in SHAPES

@@ -1,13 +1,14 @@
-"""MAS under DDP and DeepSpeed ZeRO-2/3 with real processes (2 CPU ranks over gloo), against one process.
+"""MAS under DDP, DeepSpeed ZeRO-2/3 and FSDP2 with real processes (2 CPU ranks over gloo), against one process.
 
 Each configuration launches `tests/distributed/two_tasks.py` once (task A, Omega_A, task B under the
 penalty with clipping on, Omega_B merged) and the results are compared with the single-process run:
-the same Omega and the same final weights up to float32 rounding. The ZeRO-3 launch also resumes
-task B from a mid-task checkpoint and reloads a checkpoint saved at world size 1; the two-"node"
-launch runs two `accelerate launch` commands (machine_rank 0 and 1) against 127.0.0.1.
+the same Omega and the same final weights up to float32 rounding. The ZeRO and FSDP2 launches also
+resume task B from a mid-task checkpoint and reload checkpoints saved elsewhere (ZeRO: at world size
+1; FSDP2: by ZeRO-3 and at world size 1); the two-"node" launch runs two `accelerate launch`
+commands (machine_rank 0 and 1) against 127.0.0.1.
 
 DeepSpeed JIT-compiles a shared-memory comm op on first use (~70-110 s on 2 cores, cached under
-TORCH_EXTENSIONS_DIR); after that the whole module takes about 2.5 minutes.
+TORCH_EXTENSIONS_DIR); after that the whole module takes about 3 minutes.
 """
 
 from __future__ import annotations
@@ -22,13 +23,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import without_save_id
 from safetensors.torch import load_file
 
 from masllm import Omega
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "tests/distributed/two_tasks.py"
-CONFIGS = {"ddp": "cpu_ddp.yaml", "zero2": "cpu_zero2.yaml", "zero3": "cpu_zero3.yaml"}
+SHARDS_SCRIPT = "tests/distributed/fsdp_shards.py"
+CONFIGS = {
+    "ddp": "cpu_ddp.yaml",
+    "zero2": "cpu_zero2.yaml",
+    "zero3": "cpu_zero3.yaml",
+    "fsdp2": "cpu_fsdp2.yaml",
+}
 TIMEOUT = 600
 
 pytestmark = pytest.mark.distributed
@@ -84,6 +92,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
         extra = ["--lora", "--bf16-storage"] if variant == "lora" else []
         if mode in ("zero2", "zero3"):
             extra = ["--resume-check", "--load-check", str(get("single") / "omega")]
+        if mode == "fsdp2":  # a DeepSpeed-saved Omega and a single process's, loaded under FSDP2
+            extra = [
+                "--resume-check",
+                "--load-check",
+                str(get("zero3") / "omega"),
+                str(get("single") / "omega"),
+            ]
         if kind == "single":
             return [sys.executable, SCRIPT, "--out", str(out), *extra]
         return [*launch_cmd(CONFIGS[kind], free_port()), SCRIPT, "--out", str(out), *extra]
@@ -122,28 +137,41 @@ def assert_same_run(out: Path, ref: Path, strong_penalty: bool = True, state_tol
         assert max(h["grad_norm"] for h in want["b"]) > 0.5  # and clipping (max_grad_norm 0.5) was active
 
 
-@pytest.mark.parametrize("mode", ["ddp", "zero2", "zero3"])
+@pytest.mark.parametrize("mode", ["ddp", "zero2", "zero3", "fsdp2"])
 def test_two_tasks_match_single_process(runs, mode: str) -> None:
     assert_same_run(runs(mode), runs("single"))
 
 
-@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+@pytest.mark.parametrize("mode", ["zero2", "zero3", "fsdp2"])
 def test_each_rank_holds_its_slice_only(runs, mode: str) -> None:
-    """Measured: a rank's Omega and theta* hold P/N elements (8 P / N bytes in fp32), and the slices tile P."""
+    """Measured: a rank's Omega and theta* hold P/N elements (8 P / N bytes in fp32), and the slices tile P.
+    Under FSDP2 they are DTensors (their local shards counted)."""
     out = runs(mode)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     P = ranks[0]["model_numel"]  # tied embedding counted once
     assert sum(r["omega_numel"] for r in ranks) == P
     for r in ranks:
-        assert r["sharded"] and r["world_size"] == 2
+        assert r["sharded"] and r["world_size"] == 2 and r["dtensor"] == (mode == "fsdp2")
         assert r["omega_numel"] == r["anchors_numel"] == P // 2  # every tensor of this model splits evenly
         assert r["omega_bytes"] + r["anchors_bytes"] == 8 * P // 2
 
 
-def test_lora_frozen_base_bf16_storage_under_zero3(runs) -> None:
-    """Only the adapters have fp32 master slices: Omega, theta* and the penalty cover them alone.
-    With storage_dtype='bfloat16' a rank holds 4 bytes per element of its slice (4 P / N)."""
-    out = runs("zero3_lora")
+def test_fsdp2_saves_the_files_one_process_writes(runs) -> None:
+    """The consolidated save of a DTensor Omega (rank 0 writes one gathered tensor at a time) is byte
+    for byte what `save_pretrained` writes for the same Omega gathered into full tensors (but for the
+    id each save stamps its files with)."""
+    out = runs("fsdp2")
+    for saved in ("omega_a", "omega"):
+        for name in ("mas_omega.safetensors", "mas_anchors.safetensors", "mas_config.json"):
+            assert without_save_id(out / saved / name) == without_save_id(out / f"{saved}_plain" / name), name
+
+
+@pytest.mark.parametrize("mode", ["zero3", "fsdp2"])
+def test_lora_frozen_base_bf16_storage(runs, mode: str) -> None:
+    """Only the adapters have fp32 master slices (ZeRO-3) or train (FSDP2): Omega, theta* and the
+    penalty cover them alone. With storage_dtype='bfloat16' a rank holds 4 bytes per element of its
+    slice (4 P / N)."""
+    out = runs(f"{mode}_lora")
     assert_same_run(out, runs("single_lora"), strong_penalty=False, state_tol=1e-2)  # bf16: 2^-8
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert all("lora_" in n for n in ranks[0]["omega_names"])
@@ -159,10 +187,11 @@ def test_ddp_replicates(runs) -> None:
     assert not r["sharded"] and r["omega_numel"] == r["model_numel"]
 
 
-@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+@pytest.mark.parametrize("mode", ["zero2", "zero3", "fsdp2"])
 def test_saved_at_two_ranks_loads_at_one_and_back(runs, mode: str) -> None:
     """World size 2 -> 1: the consolidated file is exactly the ranks' slices put together.
-    World size 1 -> 2: each rank's slices read from the single-process file equal that file's tensors."""
+    World size 1 -> 2: each rank's slices read from the single-process file equal that file's tensors;
+    under FSDP2 also from the file ZeRO-3 saved (the same format, whoever wrote it)."""
     out = runs(mode)
     omega = Omega.from_pretrained(out / "omega")
     full = {n: torch.zeros(t.numel()) for n, t in omega.importance.items()}
@@ -178,12 +207,15 @@ def test_saved_at_two_ranks_loads_at_one_and_back(runs, mode: str) -> None:
         assert torch.equal(omega.anchors[n].reshape(-1), anchors[n])
     assert [(t["name"], t["num_samples"]) for t in omega.tasks] == [("a", 16), ("b", 13)]  # N over ranks
     for r in range(2):
-        report = json.loads((out / f"load{r}.json").read_text())
-        assert report["max_abs_err"] == report["own_roundtrip_err"] == report["trainer_err"] == 0.0
-        assert report["trainer_sharded"] and report["trainer_penalty"] > 0  # MASTrainer(omega=dir)
+        reports = json.loads((out / f"load{r}.json").read_text())
+        assert set(reports) == ({"zero3", "single"} if mode == "fsdp2" else {"single"})
+        for report in reports.values():
+            assert report["max_abs_err"] == report["own_roundtrip_err"] == report["trainer_err"] == 0.0
+            assert report["trainer_sharded"] and report["trainer_penalty"] > 0  # MASTrainer(omega=dir)
+            assert report["trainer_dtensor"] == (mode == "fsdp2")
 
 
-@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+@pytest.mark.parametrize("mode", ["zero2", "zero3", "fsdp2"])
 def test_resume_mid_task_matches_uninterrupted(runs, mode: str) -> None:
     out = runs(mode)
     report = json.loads((out / "resume.json").read_text())
@@ -200,14 +232,38 @@ def test_resume_mid_task_matches_uninterrupted(runs, mode: str) -> None:
         assert all(torch.equal(a[k], b[k]) for k in a) and set(a) == set(b)
 
 
-def test_two_node_launch_on_localhost(runs, tmp_path: Path) -> None:
-    """num_machines 2, two launchers (machine_rank 0 and 1), ZeRO-3 from multi_node.yaml."""
+def test_fsdp2_uneven_rows_without_accelerate(tmp_path: Path) -> None:
+    """torch `fully_shard` alone on an MLP whose rows split 3 + 2, 2 + 1 and 1 + 0 (rank 1 holds none of
+    the last layer): Omega (exact per-sample, 3 + 4 samples in lockstep), the penalty's gradient and
+    value on DTensor shards, the consolidated save and the slice-wise load, against one process."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    script = [SHARDS_SCRIPT, "--out", str(tmp_path)]
+    launch(lambda: [*cmd, str(free_port()), *script], tmp_path / "fsdp_shards.log")
+    shapes = {"0.weight": (5, 6), "0.bias": (5,), "2.weight": (3, 5), "2.bias": (3,), "3.weight": (3,)}
+    shapes |= {"3.bias": (3,), "4.weight": (1, 3), "4.bias": (1,)}
+    for r in range(2):
+        report = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert report["dtensor"] and report["load_dtensor"]
+        for n, shape in shapes.items():  # torch.chunk's split of the rows, rank 1 may get none
+            rows = [len(c) for c in torch.arange(shape[0]).chunk(2)] + [0]
+            assert report["held"][n] == rows[r] * torch.Size(shape[1:]).numel(), n
+        assert report["omega_rel_err"] < 1e-5 and report["penalty_grad_rel_err"] < 1e-5
+        assert report["penalty_value"] == pytest.approx(report["penalty_value_reference"], rel=1e-5)
+        assert report["load_err"] == 0.0 and report["tasks"][0]["num_samples"] == 7
+    for name in ("mas_omega.safetensors", "mas_anchors.safetensors", "mas_config.json"):
+        assert without_save_id(tmp_path / "consolidated" / name) == without_save_id(tmp_path / "plain" / name)
+
+
+@pytest.mark.parametrize("config", ["multi_node.yaml", "fsdp2_multi_node.yaml"])
+def test_two_node_launch_on_localhost(runs, tmp_path: Path, config: str) -> None:
+    """num_machines 2, two launchers (machine_rank 0 and 1), ZeRO-3 from multi_node.yaml, FSDP2 from
+    fsdp2_multi_node.yaml (mixed precision off on CPU: the reference is fp32)."""
     out, port = tmp_path / "two_node", free_port()
     procs = []
     for rank in (0, 1):
         extra = ["--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank)]
-        extra += ["--main_process_ip", "127.0.0.1"]
-        cmd = [*launch_cmd("multi_node.yaml", port, *extra), SCRIPT, "--out", str(out)]
+        extra += ["--main_process_ip", "127.0.0.1", "--mixed_precision", "no"]
+        cmd = [*launch_cmd(config, port, *extra), SCRIPT, "--out", str(out)]
         log = tmp_path / f"node{rank}.log"
         procs.append(
             (subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT), log)
@@ -216,6 +272,8 @@ def test_two_node_launch_on_localhost(runs, tmp_path: Path) -> None:
         proc.wait(timeout=TIMEOUT)
         check(proc, log)
     assert_same_run(out, runs("single"))
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["sharded"] and r["dtensor"] == ("fsdp2" in config) for r in ranks)
 
 
 def test_exit_process_returns_without_a_process_group():

@@ -1,7 +1,8 @@
-"""EWC (empirical and sampled Fisher), SPP and MAS vector output under DeepSpeed ZeRO-3 and DDP on 2 CPU
-ranks equal one process: their per-sample sums go through `ctx.backward` / `ctx.read_grads`, so the
-sharding backend slices them like MAS's Omega. Launches tests/distributed/methods_importance.py
-three times (one process, ZeRO-3 and DDP with 2 ranks each; ~70 s once DeepSpeed's comm op is compiled)."""
+"""EWC (empirical and sampled Fisher), SPP and MAS vector output under DeepSpeed ZeRO-3, FSDP2 and DDP on
+2 CPU ranks equal one process: their per-sample sums go through `ctx.backward` / `ctx.read_grads`, so
+the sharding backend slices them like MAS's Omega (the methods the backend table lets run under
+FSDP2). Launches tests/distributed/methods_importance.py four times (one process, ZeRO-3, FSDP2 and
+DDP with 2 ranks each; ~90 s once DeepSpeed's comm op is compiled)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ UNREACHED = "lm_head.weight"  # no gradient reaches it when F is the hidden stat
 def outputs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("methods_zero")
     launch(lambda: [sys.executable, SCRIPT, "--out", str(tmp / "single")], tmp / "single.log")
-    for mode, config in (("z3", "cpu_zero3.yaml"), ("ddp", "cpu_ddp.yaml")):
+    for mode, config in (("z3", "cpu_zero3.yaml"), ("fsdp2", "cpu_fsdp2.yaml"), ("ddp", "cpu_ddp.yaml")):
         launch(
             lambda c=config, m=mode: [*launch_cmd(c, free_port()), SCRIPT, "--out", str(tmp / m)],
             tmp / f"{mode}.log",
@@ -31,11 +32,11 @@ def outputs(tmp_path_factory):
     return {
         (m, mode): (load_file(tmp / "single" / m / OMEGA), load_file(tmp / mode / m / OMEGA))
         for m in METHODS
-        for mode in ("z3", "ddp")
+        for mode in ("z3", "fsdp2", "ddp")
     }
 
 
-@pytest.mark.parametrize("mode", ["z3", "ddp"])
+@pytest.mark.parametrize("mode", ["z3", "fsdp2", "ddp"])
 @pytest.mark.parametrize("method", METHODS)
 def test_two_ranks_equal_one_process(outputs, method, mode):
     single, multi = outputs[method, mode]
@@ -44,8 +45,9 @@ def test_two_ranks_equal_one_process(outputs, method, mode):
         torch.testing.assert_close(multi[n], single[n], rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("mode", ["z3", "fsdp2"])
 @pytest.mark.parametrize("method", ["mas_hidden", "mas_vector"])
-def test_zero3_unreached_parameter_has_zero_importance(outputs, method):
-    single, zero = outputs[method, "z3"]
+def test_sharded_unreached_parameter_has_zero_importance(outputs, method, mode):
+    single, zero = outputs[method, mode]
     assert float(single[UNREACHED].abs().sum()) == 0.0
     torch.testing.assert_close(zero[UNREACHED], single[UNREACHED])

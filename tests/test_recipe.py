@@ -161,12 +161,21 @@ def _launch(config: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("config", ["accelerate_configs/cpu_ddp.yaml", "accelerate_configs/cpu_zero3.yaml"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "accelerate_configs/cpu_ddp.yaml",
+        "accelerate_configs/cpu_zero3.yaml",
+        "accelerate_configs/cpu_fsdp2.yaml",
+    ],
+)
 def test_two_processes_match_one(uninterrupted, tmp_path, config):
-    """2 ranks x 4 samples = the single process's batch of 8: the same report (DDP and ZeRO-3)."""
+    """2 ranks x 4 samples = the single process's batch of 8: the same report (DDP, ZeRO-3, FSDP2)."""
     _, expected = uninterrupted
     result = _launch(config, tmp_path, "--per_device_train_batch_size", "4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     for run in ("finetune", "mas"):
         torch.testing.assert_close(_R(report, run), _R(expected, run), rtol=1e-4, atol=0)
+    if "fsdp2" in config:  # FSDP2 really sharded (accelerate alone would have run DDP on CPU ranks)
+        assert "masllm enabled its FSDP2 path" in result.stdout + result.stderr

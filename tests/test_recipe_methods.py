@@ -140,6 +140,30 @@ def test_method_names_and_their_requirements(tmp_path):
     assert cl_args.run_config("lwf", 0.25).trainer_kwargs["lwf_config"].lwf_weight == 0.25
 
 
+def test_fsdp2_backend_refuses_methods_before_training(tmp_path, monkeypatch):
+    """Under FSDP2 the penalty methods run; SI, LwF, IMM and l-MAS are refused with the reason, and
+    FSDP1 is refused for every method, all by parse_args (before any model or data is built)."""
+    cl_args = recipe.parse_args(_argv(tmp_path, "--compare", "finetune,mas,l2,ewc,mas_vector,spp"))[2]
+    cl_args.check_backend(zero_stage=None, fsdp_version=2)
+    reasons = {
+        "si": "path integrals",
+        "lwf": "second sharded module",
+        "mean_imm": "unsharded",
+        "lmas": "forward hooks",
+    }
+    for method, reason in reasons.items():
+        cl_args = recipe.parse_args(_argv(tmp_path, "--method", method))[2]
+        with pytest.raises(ValueError, match=f"'{method}' does not run under FSDP2: .*{reason}"):
+            cl_args.check_backend(zero_stage=None, fsdp_version=2)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for cpu_fsdp2.yaml
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    with pytest.raises(ValueError, match="'si' does not run under FSDP2"):
+        recipe.parse_args(_argv(tmp_path, "--method", "si"))
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ValueError, match="FSDP version 1: masllm runs under FSDP2"):
+        recipe.parse_args(_argv(tmp_path, "--method", "mas"))
+
+
 @pytest.mark.distributed
 def test_two_processes_match_one(methods_run, tmp_path):
     """DDP, 2 ranks x 4 samples: SI's callback, LwF's teacher and the IMM merge give the same report."""

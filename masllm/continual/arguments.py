@@ -18,6 +18,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..config import MASConfig, check_types
+from ..distributed.fsdp import requested_fsdp_version
 from ..importance import EWCConfig
 from ..methods import LwFConfig, LwFTrainer, SIConfig
 from ..registry import ESTIMATOR_CONFIGS, did_you_mean
@@ -155,14 +156,25 @@ class ContinualArguments(LwFConfig, SIConfig, EWCConfig):
             values[name] = required
         return cls(**{**values, **given})
 
-    def check_backend(self, zero_stage: int | None) -> None:
-        """Before any training: every run's method must run under the DeepSpeed ZeRO stage (None: none)."""
+    def check_backend(self, zero_stage: int | None, fsdp_version: int | None = None) -> None:
+        """Before any training: every run's method must run under the DeepSpeed ZeRO stage and the
+        FSDP version of the launch (None: not used)."""
+        if fsdp_version is not None and fsdp_version != 2:
+            raise ValueError(
+                f"FSDP version {fsdp_version}: masllm runs under FSDP2 (accelerate `fsdp_version: 2`), "
+                "whose parameters are DTensor shards; FSDP1's flat parameters are not supported"
+            )
         for method, _ in self.runs():
             wiring = method_of(method)
             if zero_stage is not None and zero_stage not in wiring.zero_stages:
                 raise ValueError(
                     f"Method {method!r} does not run under DeepSpeed ZeRO-{zero_stage}: {wiring.zero_note}. "
                     f"ZeRO stages it runs under: {list(wiring.zero_stages) or 'none'} (DDP and one process: all)."
+                )
+            if fsdp_version is not None and not wiring.fsdp2:
+                raise ValueError(
+                    f"Method {method!r} does not run under FSDP2: {wiring.fsdp2_note}. "
+                    "It runs under DDP and one process."
                 )
 
     @staticmethod
@@ -206,7 +218,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, ...]:
         )
     data_args.cache_dir = data_args.cache_dir or str(Path(training_args.output_dir) / "cache")
     plugin = training_args.deepspeed_plugin
-    cl_args.check_backend(zero_stage=int(plugin.zero_stage) if plugin is not None else None)
+    cl_args.check_backend(
+        zero_stage=int(plugin.zero_stage) if plugin is not None else None,
+        fsdp_version=requested_fsdp_version(training_args.fsdp_plugin_args),
+    )
     return model_args, data_args, cl_args, training_args
 
 

@@ -2,8 +2,9 @@
 
 `Method(estimator=name)` is a penalty method: MASTrainer with lambda sum Omega (theta - theta*)^2
 (Eq. 3), Omega from that registered estimator. Every key of `ESTIMATORS` is such a method; the
-table below lists those that differ (finetune, online EWC, SI, LwF, IMM), with the DeepSpeed ZeRO
-stages each runs under so that an unsupported combination is refused before any training.
+table below lists those that differ (finetune, online EWC, SI, LwF, IMM, l-MAS), with the DeepSpeed
+ZeRO stages each runs under and whether it runs under FSDP2, so that an unsupported combination is
+refused before any training.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class Method:
     records_training: bool = False  # importance recorded while training: never resumed nor shared
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)  # the DeepSpeed ZeRO stages it runs under
     zero_note: str = ""  # why not under the others
+    fsdp2: bool = True  # runs under FSDP2 (parameters, Omega and theta* as DTensor shards)
+    fsdp2_note: str = ""  # why not
+
+
+_SUMS_OUTSIDE_BACKWARD = (
+    "its sums are built by forward hooks, outside the backward passes that reduce the shards"
+)
 
 
 # Methods that differ from `Method(estimator=name)`; every other key of ESTIMATORS is that.
@@ -50,6 +58,8 @@ METHODS: dict[str, Method] = {
         records_training=True,
         zero_stages=(),
         zero_note="its callback reads full gradients and weights around each optimizer step (masllm.methods.si)",
+        fsdp2=False,
+        fsdp2_note="its callback keeps full-size path integrals of the sharded weights (masllm.methods.si)",
     ),
     # LwF (Li & Hoiem 2016): no Omega; distillation to a frozen copy of the model before the task,
     # weight lambda_o = lwf_weight (masllm.methods.lwf).
@@ -59,6 +69,8 @@ METHODS: dict[str, Method] = {
         strength="lwf_weight",
         zero_stages=(0, 1, 2),
         zero_note="its teacher, a copy of the model, would hold ZeRO-3's empty parameter placeholders",
+        fsdp2=False,
+        fsdp2_note="its teacher, a copy of the model, would be a second sharded module (not supported yet)",
     ),
     # IMM (Lee et al. 2017): L2-transfer training (the l2 method), then the task models are merged:
     # mean (Eq. 3) or mode with each task's diagonal Fisher (Eq. 7) (masllm.methods.imm).
@@ -68,9 +80,19 @@ METHODS: dict[str, Method] = {
             imm=kind,
             zero_stages=(),
             zero_note="the merge is loaded into the model's full (unpartitioned) parameters",
+            fsdp2=False,
+            fsdp2_note="the merge is loaded into the model's full (unsharded) parameters",
         )
         for kind in ("mean", "mode")
     },
+    # l-MAS (MAS Sec. 4.3): Hebbian products of activations, no backward through the network.
+    "lmas": Method(
+        estimator="lmas",
+        zero_stages=(),
+        zero_note=_SUMS_OUTSIDE_BACKWARD,
+        fsdp2=False,
+        fsdp2_note=_SUMS_OUTSIDE_BACKWARD,
+    ),
 }
 
 

@@ -1,5 +1,6 @@
 """Everything that knows about ranks: collectives (`comm`), ZeRO's slices of parameters (`zero`, the
-one module that imports deepspeed), the slice description (`shard`) and a clean exit (`teardown`).
+one module that imports deepspeed), FSDP2's DTensor shards (`fsdp`, the one module that knows
+DTensor / fully_shard), the slice description (`shard`) and a clean exit (`teardown`).
 
 Nothing here imports the rest of masllm: Omega, importance and the trainer build on it.
 """

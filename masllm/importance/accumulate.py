@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
@@ -25,10 +26,25 @@ BatchLoss = Callable[[Batch], torch.Tensor]
 
 
 class _TransformOfBatchGrad:
-    """fn(batch gradient): exact for one-sample batches (the fallback path)."""
+    """fn(batch gradient): exact for one-sample batches (the fallback path). Under FSDP2 a forward
+    uses the unsharded parameter swapped into the module, not the one given: that tensor (a
+    persistent one) is hooked before a module's forward first uses it."""
 
-    def __init__(self, params: dict[str, nn.Parameter], fn: Transform) -> None:
+    def __init__(self, model: nn.Module, params: dict[str, nn.Parameter], fn: Transform) -> None:
+        self.fn = fn
+        self._hooked = {id(p) for p in params.values()}
         self._handles = [p.register_hook(fn) for p in params.values()]
+        for module in model.modules():
+            own = [a for a, p in module.named_parameters(recurse=False) if id(p) in self._hooked]
+            if own:
+                self._handles.append(module.register_forward_pre_hook(partial(self._hook_live, own)))
+
+    def _hook_live(self, own: list[str], module: nn.Module, args: tuple) -> None:
+        for attr in own:
+            t = getattr(module, attr)
+            if id(t) not in self._hooked and t.requires_grad:
+                self._hooked.add(id(t))
+                self._handles.append(t.register_hook(self.fn))
 
     def remove(self) -> None:
         for h in self._handles:
@@ -59,7 +75,7 @@ def accumulate_per_sample(
                     )
                     ctx.zero_grads()
                     hooks.remove()
-                    hooks, one_at_a_time = _TransformOfBatchGrad(ctx.params, transform), True
+                    hooks, one_at_a_time = _TransformOfBatchGrad(ctx.model, ctx.params, transform), True
             if one_at_a_time:
                 for k in range(B):
                     ctx.backward(loss_fn(slice_batch(batch, k, k + 1, labels=True)))
@@ -76,7 +92,7 @@ def accumulate_per_batch(
 ) -> ImportanceSums:
     """Return sum over micro-batches of transform(d loss_batch / d theta): the cheaper approximation
     in which the samples of a micro-batch are summed before the transform (abs_mode='per_batch')."""
-    hooks = _TransformOfBatchGrad(ctx.params, transform)
+    hooks = _TransformOfBatchGrad(ctx.model, ctx.params, transform)
     n_samples = n_batches = 0
     try:
         for batch in batches:

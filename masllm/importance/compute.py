@@ -16,12 +16,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import MASConfig
-from ..distributed import comm, zero
+from ..distributed import comm, fsdp, zero
 from ..omega import Omega
 from ..registry import ESTIMATORS
 from .context import ImportanceContext
 from .data import SkipEmpty, as_batches, as_samples, limit_samples
-from .ranks import Lockstep, combine, rank_share, use_engine
+from .ranks import Lockstep, combine, rank_share, use_engine, use_fsdp
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -45,7 +45,9 @@ def compute_importance(
     `omega.merge(new)` after each task. With a process group, every rank must call this: a Dataset
     is split across ranks, an iterable is taken as this rank's share, and N counts all ranks'
     samples. Under DeepSpeed ZeRO pass the engine (`trainer.model_wrapped`): the result then
-    holds this rank's slices of Omega and theta* (see `masllm.distributed.zero`).
+    holds this rank's slices of Omega and theta* (see `masllm.distributed.zero`). Under FSDP2 pass
+    the sharded model (`trainer.model`): the result holds DTensors placed like the parameters
+    (`masllm.distributed.fsdp`).
     """
     config = config or MASConfig()
     engine = zero.deepspeed_engine(model)
@@ -60,7 +62,7 @@ def compute_importance(
     data, cap = rank_share(as_samples(data), config, rank, world_size)
     nonempty = SkipEmpty(as_batches(data, config.importance_batch_size, collate_fn))
     batches = limit_samples(nonempty, cap)
-    lockstep = Lockstep(batches) if engine is not None else None
+    lockstep = Lockstep(batches) if engine is not None or fsdp.is_fsdp2(model) else None  # sharded
     bar = tqdm(
         desc=f"importance ({config.method}, {task_name})",
         unit="sample",
@@ -70,6 +72,8 @@ def compute_importance(
     ctx = ImportanceContext(model, params, config, device, progress=bar.update)
     if engine is not None:
         use_engine(ctx, engine, lockstep)
+    elif lockstep is not None:
+        use_fsdp(ctx, lockstep)
     stash = {n: p.grad for n, p in params.items()}
     was_training = model.training
     model.train(config.model_mode == "train")

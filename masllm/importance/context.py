@@ -3,8 +3,9 @@
 Gradient-based estimators (MAS, EWC, SPP) accumulate their per-parameter sums in the parameters'
 gradients across micro-batches, through `backward`, and read them once at the end with
 `read_grads`. On one process these are `loss.backward()` and `p.grad`; under DeepSpeed ZeRO they are
-the engine's backward and the rank's local gradient partition (masllm.distributed.zero), so estimators
-never know which.
+the engine's backward and the rank's local gradient partition (masllm.distributed.zero), under FSDP2
+the sharded module's backward and its DTensor gradient shards (masllm.distributed.fsdp), so
+estimators never know which.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import MASConfig
+from ..distributed.fsdp import DTensorShards
 from ..distributed.zero import LocalShards
 
 
@@ -37,8 +39,8 @@ class ImportanceContext:
     device: torch.device
     progress: Callable[[int], None] = lambda n: None
     backward: Callable[[torch.Tensor], None] = field(default=lambda loss: loss.backward())
-    local: LocalShards | None = None  # under ZeRO: the rank's slices (see importance.ranks)
-    engine: Any = None  # under ZeRO: sums the reduced slices of each backward (`read`, `reset`)
+    local: LocalShards | DTensorShards | None = None  # ZeRO / FSDP2: the rank's shards (importance.ranks)
+    engine: Any = None  # ZeRO / FSDP2: sums the reduced shards of each backward (`read`, `reset`)
 
     def read_grads(self) -> dict[str, torch.Tensor]:
         """Accumulated gradients (zeros for parameters no sample reached); under ZeRO, local slices."""

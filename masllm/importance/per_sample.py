@@ -62,26 +62,31 @@ class PerSampleAbsGrad:
         # Linear / Conv1D / Embedding layers: sum_k fn(g_k) in place of autograd's gradient
         self.fused = FusedLayers(model, params, transform, replaying=lambda: self._replaying, check=check)
         params = {n: p for n, p in params.items() if id(p) not in self.fused.covered}
-        self.names = {id(p): n for n, p in params.items()}
-        self.params = {id(p): p for p in params.values()}
+        self.params = dict(params)
         self._handles: list[Any] = []
+        # Keyed by parameter name, reached through (module, attribute name): FSDP2 swaps unsharded
+        # parameters into the modules during forward, so the tensor autograd sees is not the one given
+        # here. `live` is the tensor a forward used (the given one, or FSDP2's unsharded one).
+        self.live: dict[str, torch.Tensor] = {}
         self._reset()
+        name_of = {id(p): n for n, p in params.items()}
         for module in model.modules():
-            own = [n for n, p in module.named_parameters(recurse=False) if id(p) in self.names]
+            own = [(a, name_of[id(p)]) for a, p in module.named_parameters(recurse=False) if id(p) in name_of]
             if own:
+                self._handles.append(module.register_forward_pre_hook(partial(self._hook_live, own)))
                 hook = partial(self._on_forward, own)
                 self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
                 if isinstance(module, nn.Embedding):
                     self._handles.append(module.register_forward_pre_hook(self._expand_broadcast_ids))
-        for p in params.values():
-            self._handles.append(p.register_hook(partial(self._on_param_grad, id(p))))
+        for n, p in params.items():
+            self._handles.append(p.register_hook(partial(self._on_param_grad, n)))
 
     def _reset(self) -> None:
-        self.uses: dict[int, int] = {}
-        self.arrived: dict[int, int] = {}
-        self.pending: dict[int, torch.Tensor] = {}
-        self.result: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self.unattributed: set[int] = set()
+        self.uses: dict[str, int] = {}
+        self.arrived: dict[str, int] = {}
+        self.pending: dict[str, torch.Tensor] = {}
+        self.result: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.unattributed: set[str] = set()
 
     def start_batch(self, batch_size: int) -> None:
         """Call before each forward pass with the number of samples in it."""
@@ -115,10 +120,12 @@ class PerSampleAbsGrad:
         return None
 
     # forward: remember each call's input, count the uses of each parameter
-    def _on_forward(self, own: list[str], module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def _on_forward(
+        self, own: list[tuple[str, str]], module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
         if not torch.is_grad_enabled() or self._replaying:  # not while generic_per_sample re-runs a module
             return
-        ids = [id(getattr(module, n)) for n in own]
+        ids = [n for _, n in own]
         B = self.batch_size
         ok = (
             isinstance(output, torch.Tensor)
@@ -139,9 +146,21 @@ class PerSampleAbsGrad:
             self.uses[i] = self.uses.get(i, 0) + 1
         output.register_hook(partial(self._on_output_grad, module, own, args, kwargs))
 
+    def _hook_live(self, own: list[tuple[str, str]], module: nn.Module, args: tuple) -> None:
+        """Before forward: hook the tensor this forward uses where it is not the parameter given
+        (FSDP2's unsharded parameter, a persistent tensor: hooked once). A pre-hook, as an FSDP2
+        module's own post-forward hook puts the sharded parameter back."""
+        if not torch.is_grad_enabled() or self._replaying:
+            return
+        for attr, n in own:
+            t = getattr(module, attr)
+            if t is not self.params[n] and self.live.get(n) is not t:
+                self._handles.append(t.register_hook(partial(self._on_param_grad, n)))
+            self.live[n] = t
+
     # backward, at the layer's output: form the per-sample gradients of its parameters
     def _on_output_grad(
-        self, module: nn.Module, own: list[str], args: tuple, kwargs: dict, g: torch.Tensor
+        self, module: nn.Module, own: list[tuple[str, str]], args: tuple, kwargs: dict, g: torch.Tensor
     ) -> None:
         fast = fast_path(module)
         with torch.no_grad():
@@ -150,19 +169,19 @@ class PerSampleAbsGrad:
             else:
                 self._replaying = True  # the module's children must not count this re-run as a use
                 try:
-                    per_sample = generic_per_sample(module, args, kwargs, own, g)
+                    per_sample = generic_per_sample(module, args, kwargs, [a for a, _ in own], g)
                 finally:
                     self._replaying = False
-            for n in own:
-                self._collect(id(getattr(module, n)), per_sample[n])
+            for attr, n in own:
+                self._collect(n, per_sample[attr])
 
-    def _collect(self, pid: int, ps: Any) -> None:
+    def _collect(self, pid: str, ps: Any) -> None:
         if self.uses[pid] == 1:
             signed = ps.sum() if self.check else None  # before transformed_sum, which consumes ps
             self.result[pid] = (ps.transformed_sum(self.transform), signed)
             return
         if pid not in self.pending:
-            p = self.params[pid]
+            p = self.live.get(pid, self.params[pid])
             shape = getattr(p, "ds_shape", p.shape)  # a ZeRO-3 placeholder's own shape is (0,)
             self.pending[pid] = p.new_zeros((self.batch_size, *shape), dtype=torch.float32)
         ps.add_to(self.pending[pid])
@@ -170,14 +189,14 @@ class PerSampleAbsGrad:
         if self.arrived[pid] == self.uses[pid]:
             self._finalize(pid)
 
-    def _finalize(self, pid: int) -> None:
+    def _finalize(self, pid: str) -> None:
         buf = self.pending.pop(pid)
         signed = buf.sum(0) if self.check else None
         self.result[pid] = (reduce_samples(buf, self.transform), signed)
 
     # backward, at the parameter: hand autograd sum_k |g_k| (or fn(g_k)) instead of sum_k g_k
-    def _on_param_grad(self, pid: int, grad: torch.Tensor) -> torch.Tensor:
-        name = self.names[pid]
+    def _on_param_grad(self, pid: str, grad: torch.Tensor) -> torch.Tensor:
+        name = pid
         if pid in self.pending:
             # Some uses never got a gradient (a tied lm_head whose logits the loss does not use):
             # their contribution is zero, and every one that will arrive has, since this

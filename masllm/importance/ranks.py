@@ -4,13 +4,15 @@ Eq. 2 sums |g_k| over all N samples of the importance set, whatever the number o
 
 - DDP (or any process group without DeepSpeed): each rank runs the estimator on its share on its
   full, replicated parameters; the per-parameter sums and the counts are then all-reduced.
-- DeepSpeed ZeRO: the estimator's backward is the engine's. The per-sample hook of
+- DeepSpeed ZeRO and FSDP2: the estimator's backward is the engine's (FSDP2: the sharded module's). The per-sample hook of
   `PerSampleAbsGrad` turns each parameter's gradient into sum_k |g_k| *before* DeepSpeed's reduce
   hook sees it, so the reduce-scatter averages sums of absolute values over ranks into the rank's
   local gradient slice; multiplying by the world size gives the rank's slice of sum_k |g_k| over
   all samples with no further communication (abs after the reduction would be |mean|, a different
-  quantity). ZeRO's collectives need every rank to run the same number of backward passes, so a
-  rank whose share is exhausted repeats its last batch with weight 0 until all are done.
+  quantity). FSDP2 reduce-scatters (averages) the same way into each parameter's sharded gradient,
+  a DTensor, and accumulates it there across backward passes. ZeRO's and FSDP2's collectives need
+  every rank to run the same number of forward and backward passes, so a rank whose share is
+  exhausted repeats its last batch with weight 0 until all are done.
 
 A map-style dataset is split here into contiguous blocks (after `max_importance_samples` is
 applied to the whole); a DataLoader or other iterable is taken to be this rank's share already.
@@ -26,8 +28,9 @@ from torch.utils.data import Subset
 
 from ..batch import Batch, batch_size, is_map_dataset
 from ..config import MASConfig
-from ..distributed import comm, zero
+from ..distributed import comm, fsdp, zero
 from .context import ImportanceContext, ImportanceSums
+from .per_sample import PerSampleMismatch
 
 
 def rank_share(data: Any, config: MASConfig, rank: int, world_size: int) -> tuple[Any, int | None]:
@@ -104,20 +107,59 @@ class EngineAccumulator:
         return {n: t * self.factor for n, t in self.sums.items()}
 
 
-def use_engine(ctx: ImportanceContext, engine: Any, lockstep: Lockstep) -> None:
-    """Route the estimator's backward and gradient reads through the DeepSpeed engine."""
+class FSDPAccumulator:
+    """The estimator's backward under FSDP2: each backward's reduce-scattered mean over ranks is
+    accumulated by FSDP2 in the sharded gradients (DTensors); `read` multiplies by the world size."""
+
+    def __init__(self, local: fsdp.DTensorShards, lockstep: Lockstep) -> None:
+        self.local, self.lockstep = local, lockstep
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        try:
+            (loss * self.lockstep.weight).backward()
+        except PerSampleMismatch as e:  # not the caller's fallback: it would give wrong sums here
+            raise RuntimeError(
+                f"{e}. Under FSDP2 a backward pass abandoned half-way leaves the sharded module unable to "
+                "reduce its root group's gradients again, so masllm cannot fall back to one sample per "
+                "backward pass: use check_per_sample=False if the mismatch is rounding (bf16 compute), "
+                "abs_mode='per_batch', or DDP / one process"
+            ) from e
+
+    def reset(self) -> None:
+        for p in self.local.params.values():
+            p.grad = None
+
+    def read(self) -> dict[str, torch.Tensor]:
+        grads = self.local.grads()  # zeros where no backward reached a parameter
+        return {n: g.detach().float() * self.local.world_size for n, g in grads.items()}  # DTensors
+
+
+def _refuse_outside_backward(ctx: ImportanceContext, backend: str) -> None:
     if ctx.config.method in NO_ENGINE_BACKWARD:
         raise ValueError(
             f"method={ctx.config.method!r} builds its sums outside backward passes and does not support "
-            "DeepSpeed ZeRO yet; use it under DDP or one process"
+            f"{backend} yet; use it under DDP or one process"
         )
+
+
+def use_engine(ctx: ImportanceContext, engine: Any, lockstep: Lockstep) -> None:
+    """Route the estimator's backward and gradient reads through the DeepSpeed engine."""
+    _refuse_outside_backward(ctx, "DeepSpeed ZeRO")
     ctx.local = zero.LocalShards(engine, ctx.params)
     ctx.engine = EngineAccumulator(engine, ctx.local, lockstep)
     ctx.backward = ctx.engine
 
 
+def use_fsdp(ctx: ImportanceContext, lockstep: Lockstep) -> None:
+    """Route the estimator's backward and gradient reads through the FSDP2-sharded module."""
+    _refuse_outside_backward(ctx, "FSDP2")
+    ctx.local = fsdp.DTensorShards(ctx.params)
+    ctx.engine = FSDPAccumulator(ctx.local, lockstep)
+    ctx.backward = ctx.engine
+
+
 def combine(result: ImportanceSums, lockstep: Lockstep | None) -> ImportanceSums:
-    """Global counts; under DDP also the global sums (under ZeRO the engine already reduced them)."""
+    """Global counts; under DDP also the global sums (under ZeRO and FSDP2 backward reduced them)."""
     if lockstep is not None:
         n = comm.all_reduce_sum([lockstep.num_samples, lockstep.num_batches])
         return ImportanceSums(result.sums, int(n[0]), int(n[1]))

@@ -2,8 +2,8 @@
 
 An `Omega` maps parameter names (as in `model.named_parameters()`) to importance tensors of the
 parameter's shape, and holds the anchors theta* (the weights after the last task). Under
-DeepSpeed ZeRO a rank's Omega holds its own flat partition instead (see `masllm.distributed`); the
-container does not care which. Memory is constant in the number of tasks: each new task is merged
+DeepSpeed ZeRO a rank's Omega holds its own flat partition instead, under FSDP2 DTensors sharded like
+the parameters (see `masllm.distributed`); the container does not care which. Memory is constant in the number of tasks: each new task is merged
 in place (Sec. 4.2: "the importance matrix is updated ... by accumulating").
 """
 
@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import MASConfig
 from ..distributed.comm import all_reduce_sum
+from ..distributed.fsdp import local_tensor
 from ..registry import MERGE_RULES
 from .checkpoint import OmegaCheckpoint
 from .validation import check_against_model, check_tensors
@@ -113,7 +114,7 @@ class Omega(OmegaCheckpoint, Mapping[str, torch.Tensor]):
         if self.config.merge in ("ema", "decay"):
             self.merge_state["decay"] = self.config.merge_decay
         if self.config.merge == "alpha" and (self.is_sharded or new.is_sharded):  # S_t over all slices
-            local = sum(float(t.double().sum()) for t in full.values())
+            local = sum(float(local_tensor(t).double().sum()) for t in full.values())
             self.merge_state["_global_total"] = float(all_reduce_sum([local])[0])
         MERGE_RULES[self.config.merge](self.importance, full, self.merge_state)
         self.anchors = {**self.anchors, **new.anchors}
@@ -135,10 +136,9 @@ class Omega(OmegaCheckpoint, Mapping[str, torch.Tensor]):
                 )
         if model is not None and self.is_sharded:
             for n, t in self.importance.items():
-                if t.numel() != self.shards[n].numel:
-                    raise ValueError(
-                        f"Omega[{n!r}] holds {t.numel()} elements, its shard {self.shards[n].numel}"
-                    )
+                held = local_tensor(t).numel()
+                if held != self.shards[n].numel:
+                    raise ValueError(f"Omega[{n!r}] holds {held} elements, its shard {self.shards[n].numel}")
         elif model is not None:
             check_against_model(self.importance, model, "Omega")
             check_against_model(self.anchors, model, "theta*")

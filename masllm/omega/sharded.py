@@ -1,4 +1,4 @@
-"""A sharded Omega (DeepSpeed ZeRO) <-> the ordinary checkpoint format of `masllm.omega.io`.
+"""A sharded Omega (DeepSpeed ZeRO, FSDP2) <-> the ordinary checkpoint format of `masllm.omega.io`.
 
 Saving: every rank takes part; for one parameter at a time the ranks' slices are summed into a full
 tensor on rank 0 (each rank puts its slice into zeros: slices do not overlap, so the sum is exact),
@@ -23,6 +23,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 
 from ..distributed.comm import barrier, world
+from ..distributed.fsdp import local_tensor
 from ..distributed.shard import Shard
 from .checkpoint import config_from_meta
 from .commit import CheckpointWriter, check_files
@@ -49,7 +50,8 @@ SAFETENSORS_DTYPES = {
 
 
 def _gather_full(local: torch.Tensor, shard: Shard) -> torch.Tensor | None:
-    """The full tensor on rank 0 (None elsewhere), from every rank's slice."""
+    """The full tensor on rank 0 (None elsewhere), from every rank's slice (FSDP2: its DTensor shard)."""
+    local = local_tensor(local)
     full = torch.zeros(shard.full_numel, dtype=torch.float32, device=local.device)
     full.narrow(0, shard.start, shard.numel).copy_(local.reshape(-1))
     if world()[1] > 1:

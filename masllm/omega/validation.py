@@ -8,14 +8,18 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..distributed.fsdp import local_tensor
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
 
 def check_tensors(tensors: Mapping[str, torch.Tensor], what: str, nonnegative: bool = False) -> None:
-    """Raise ValueError on a non-tensor, a non-float dtype, a non-finite value or (importance) a negative one."""
+    """Raise ValueError on a non-tensor, a non-float dtype, a non-finite value or (importance) a negative one.
+    A DTensor (FSDP2) is checked on this rank's shard: no communication."""
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{what}[{name!r}] is a {type(t).__name__}, not a tensor")
+        t = local_tensor(t)
         if t.dtype not in FLOAT_DTYPES:
             raise ValueError(
                 f"{what}[{name!r}] has dtype {t.dtype}; Omega and theta* are stored as float32 or "

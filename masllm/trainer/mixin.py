@@ -14,6 +14,9 @@ joins the training logs. Omega and theta* are saved with every checkpoint and re
 Under DeepSpeed ZeRO-1/2/3 each rank holds only its slices of Omega and theta*
 (`masllm.trainer.zero`): the penalty is added inside the ZeRO optimizer's step, checkpoints carry
 the consolidated Omega, and `omega=` may be a saved directory, read slice by slice on every rank.
+Under FSDP2 (`fsdp_version: 2`) Omega and theta* are DTensors sharded like the parameters
+(`masllm.trainer.fsdp`): the penalty is added to the local gradient shards where it is for one
+process; checkpoints, `omega=<dir>` and resume work as under ZeRO. FSDP1 is refused.
 
 Divergence stops training with `DivergenceError` before a checkpoint of the diverged step is written
 (a non-finite loss, gradient norm or penalty), and plain SGD whose step on the penalty would be
@@ -33,13 +36,14 @@ import torch
 from torch import nn
 
 from ..config import MASConfig
-from ..distributed import comm
+from ..distributed import comm, fsdp
 from ..omega import Omega
 from ..omega.checkpoint import config_from_meta
 from ..omega.hub import TAGS, update_model_card
 from ..omega.io import CONFIG_NAME, load_meta
 from ..omega.sharded import save_omega_consolidated
 from ..penalty import BoundPenalty
+from .fsdp import FSDPPenalty
 from .guards import DivergenceError, divergence_message, is_finite, warn_if_unstable
 from .zero import ShardedPenalty, wrap_optimizer_step
 
@@ -59,9 +63,9 @@ class MASMixin:
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        self._omega_dir: str | None = None  # under ZeRO: a saved Omega, read slice by slice when bound
+        self._omega_dir: str | None = None  # ZeRO, FSDP2: a saved Omega, read slice by slice when bound
         if isinstance(omega, (str, Path)):
-            if self.is_deepspeed_enabled:  # never materialise the full Omega on a rank
+            if self.is_sharded_backend:  # never materialise the full Omega on a rank
                 self._omega_dir = str(omega)
                 omega = Omega(config=config_from_meta(load_meta(Path(omega))))
             else:
@@ -74,6 +78,18 @@ class MASMixin:
         self._penalty: BoundPenalty | ShardedPenalty | None = None
         self._resume_dir: str | None = None
         self._nonfinite_loss: float | None = None  # a micro-batch loss of the current step that was NaN/Inf
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if fsdp.enable_fsdp2_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True  # accelerate 1.16 runs DDP for FSDP on CPU ranks
+        if self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.fsdp_version != 2:
+            raise ValueError("masllm runs under FSDP2 (fsdp_version: 2), not FSDP1 (flat parameters)")
+
+    @property
+    def is_sharded_backend(self) -> bool:
+        """DeepSpeed ZeRO or FSDP2: each rank holds its shards of the parameters, Omega and theta*."""
+        return self.is_deepspeed_enabled or self.is_fsdp_enabled
 
     @property
     def penalty_active(self) -> bool:
@@ -90,28 +106,35 @@ class MASMixin:
             self.omega.importance.update(zip(names, self._penalty.omegas))
             self.omega.anchors.update(zip(names, self._penalty.anchors))
             self._check_stability()
-        scaler = getattr(self.accelerator, "scaler", None)
-        grad_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-        self._penalty.add_grad_(self.mas_config.penalty_weight, grad_scale=grad_scale)
+        self._penalty.add_grad_(self.mas_config.penalty_weight, grad_scale=self._grad_scale())
 
-    # DeepSpeed ZeRO: this rank's slices, inside the ZeRO optimizer's step.
+    def _grad_scale(self) -> float:
+        scaler = getattr(self.accelerator, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+    # DeepSpeed ZeRO: this rank's slices, inside the ZeRO optimizer's step; FSDP2: its DTensor shards,
+    # after the last micro-batch's backward.
     def apply_sharded_penalty(self) -> None:
         """grad_local += loss_scale * 2 lambda Omega_local (theta_local - theta*_local), no communication."""
-        if self._penalty is None and (self.penalty_active or self._resume_dir or self._omega_dir):
+        # bound whenever there is an Omega (also at lambda = 0): it then holds this rank's shards
+        if self._penalty is None and (not self.omega.is_empty or self._resume_dir or self._omega_dir):
             resumed = self._resume_dir and (Path(self._resume_dir) / CONFIG_NAME).is_file()
             source = self._resume_dir if resumed else self._omega_dir
-            self._penalty = ShardedPenalty(self.model_wrapped, self.omega, source, adopt=self._adopt)
+            if self.is_fsdp_enabled:
+                self._penalty = FSDPPenalty(self.model, self.omega, source, self._adopt, self._grad_scale)
+            else:
+                self._penalty = ShardedPenalty(self.model_wrapped, self.omega, source, adopt=self._adopt)
             self._check_stability()  # every rank binds here, at the same step: the max is a collective
         if self.penalty_active:
             self._penalty.add_grad_(self.mas_config.penalty_weight)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        if self.is_deepspeed_enabled and resume_from_checkpoint:
+        if self.is_sharded_backend and resume_from_checkpoint:
             if resume_from_checkpoint is True:
                 from transformers.trainer_utils import get_last_checkpoint
 
                 resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            self._resume_dir = resume_from_checkpoint  # DeepSpeed resumes without _load_from_checkpoint
+            self._resume_dir = resume_from_checkpoint  # read slice by slice when the penalty is bound
             self._penalty = None
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
@@ -122,7 +145,11 @@ class MASMixin:
             wrap_optimizer_step(self.model_wrapped, self.apply_sharded_penalty)
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.accelerator.sync_gradients and not self.is_deepspeed_enabled:
-            self.apply_penalty()  # after the last micro-batch's backward, before clipping and step
+            # after the last micro-batch's backward (FSDP2: its reduce-scatter), before clipping and step
+            if self.is_fsdp_enabled:
+                self.apply_sharded_penalty()
+            else:
+                self.apply_penalty()
         if not torch.isfinite(loss).all():  # one sync, as the Trainer's own NaN filter does
             self._nonfinite_loss = float(loss.detach().float().max())
         return loss
@@ -161,7 +188,7 @@ class MASMixin:
         """lambda sum Omega (theta - theta*)^2 at the current weights (logged as `mas_penalty`).
 
         Computed when logged, not at every step: the step itself only adds the gradient. Under
-        ZeRO every rank must call it (its slices' parts are summed across ranks)."""
+        ZeRO and FSDP2 every rank must call it (its shards' parts are summed across ranks)."""
         if isinstance(self._penalty, ShardedPenalty):
             return self._penalty.value(self.mas_config.penalty_weight)
         return float(self._penalty.value(self.mas_config.penalty_weight))
@@ -186,7 +213,7 @@ class MASMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
-        if (Path(resume_from_checkpoint) / CONFIG_NAME).is_file():
+        if not self.is_fsdp_enabled and (Path(resume_from_checkpoint) / CONFIG_NAME).is_file():
             self._adopt(Omega.from_pretrained(resume_from_checkpoint, model=self.model))
             self._penalty = None
 

@@ -49,24 +49,42 @@ class ShardedPenalty:
     ) -> None:
         """`adopt(loaded)` makes `omega` hold what was read from `source` (the trainer's own rule
         for whose config wins)."""
-        params = zero.trainable_with_master(engine)
+        params = self.trainable(engine)
         missing = [n for n in omega.importance if n not in params]
         if missing:
             raise ValueError(f"Omega covers parameters that do not train here, e.g. {missing[:3]}")
         names = list(omega.importance) or list(params)
-        self.local = zero.LocalShards(engine, {n: params[n] for n in names})
+        self.local = self.local_shards(engine, {n: params[n] for n in names})
         if source:
-            adopt(load_omega_shards(source, self.local.shards, self.local.values()))
+            adopt(load_omega_shards(source, self.local.shards, self.flat(self.local.values())))
         elif not omega.is_sharded:
             omega.reshard(self.local.shards)
         elif any(omega.shards[n] != s for n, s in self.local.shards.items() if n in omega.shards):
             raise ValueError("Omega's shards do not match this engine's partitioning (world size changed?)")
+        self.place(omega)
         values = self.local.values()
         names = list(omega.importance)
         self.names = names
         self.bound = BoundPenalty(
             [values[n] for n in names], [omega[n] for n in names], [omega.anchors[n] for n in names]
         )
+
+    # What differs between backends (FSDP2: masllm.trainer.fsdp)
+    @staticmethod
+    def trainable(engine: Any) -> dict[str, Any]:
+        return zero.trainable_with_master(engine)
+
+    @staticmethod
+    def local_shards(engine: Any, params: dict[str, Any]) -> Any:
+        return zero.LocalShards(engine, params)
+
+    @staticmethod
+    def flat(values: dict[str, Any]) -> dict[str, Any]:
+        """This rank's weights as the flat slices a checkpoint reader compares with (ZeRO: already)."""
+        return values
+
+    def place(self, omega: Omega) -> None:
+        """Omega and theta* as the backend keeps them (ZeRO: the flat slices as read)."""
 
     def add_grad_(self, weight: float) -> None:
         grads = self.local.grads()

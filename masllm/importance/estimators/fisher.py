@@ -61,9 +61,11 @@ def _causal_lm_classes() -> set[str]:
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    """A transformers causal LM (PEFT-wrapped or not): logits at t predict the token at t+1."""
+    """A transformers causal LM (PEFT-wrapped or not): logits at t predict the token at t+1. The MRO is
+    searched: FSDP2's `fully_shard` turns the model's class into a subclass (`FSDPGPT2LMHeadModel`)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base).__name__ in _causal_lm_classes()
+    names = _causal_lm_classes()
+    return any(cls.__name__ in names for cls in type(base).__mro__)
 
 
 def labels_of(batch: Batch, x: Batch, model: nn.Module) -> torch.Tensor:
