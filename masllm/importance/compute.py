@@ -85,7 +85,7 @@ def compute_importance(
         raise ValueError("The importance data yielded no samples: Omega needs at least one (Eq. 2)")
     denom = result.num_samples if config.normalize == "samples" else result.num_batches
     importance = {n: t.div_(denom) for n, t in result.sums.items()}  # Eq. 2: 1/N sum_k
-    task = {"name": task_name, "num_samples": result.num_samples, "method": config.method}
+    task = {"name": task_name, "num_samples": result.num_samples, "method": config.method, **result.notes}
     omega = Omega(importance, config=config, tasks=[task])
     if ctx.local is not None:
         return omega.set_local_anchors(ctx.local.values(), ctx.local.shards)
