@@ -9,10 +9,11 @@ train mode) gives bit-identical Omega.
 from __future__ import annotations
 
 import logging
+from types import MethodType
 
 import pytest
 import torch
-from accelerate import Accelerator
+from accelerate.utils import convert_outputs_to_fp32
 from conftest import padded_lm_batch, tiny_gemma3, tiny_gpt2, tiny_llama
 from transformers import DataCollatorWithFlattening
 
@@ -26,8 +27,12 @@ def rel_l1(omega, ref) -> dict[str, float]:
 
 
 def autocast(model):
-    """The model as a Trainer with bf16=True runs it: accelerate wraps its forward in autocast."""
-    return Accelerator(mixed_precision="bf16", cpu=True).prepare_model(model)
+    """The model as a Trainer with bf16=True runs it: accelerate's `prepare_model` wraps its forward
+    in autocast and the outputs in a cast to fp32 (done here as it does, without an Accelerator,
+    whose process-wide state the other tests' Trainers set)."""
+    forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward.__func__)
+    model.forward = MethodType(convert_outputs_to_fp32(forward), model)
+    return model
 
 
 @pytest.mark.parametrize("arch", MODELS)

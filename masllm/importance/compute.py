@@ -43,7 +43,9 @@ def compute_importance(
     `omega.merge(new)` after each task. With a process group, every rank must call this: a Dataset
     is split across ranks, an iterable is taken as this rank's share, and N counts all ranks'
     samples. Under DeepSpeed ZeRO pass the engine (`trainer.model_wrapped`): the result then
-    holds this rank's slices of Omega and theta* (see `masllm.distributed.zero`).
+    holds this rank's slices of Omega and theta* (see `masllm.distributed.zero`). A sample is a
+    row of a batch or, in a packed (padding-free) batch, each sequence of a row (`segments`); a
+    fallback from the batched exact path is recorded in the task's `importance/fallback` entry.
     """
     config = config or MASConfig()
     engine = zero.deepspeed_engine(model)
