@@ -95,6 +95,15 @@ def tiny_llama(seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+def tiny_qwen2(seed: int = 0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)  # fmt: skip
+    return Qwen2ForCausalLM(cfg)
+
+
 def tiny_gemma3(seed: int = 0):
     """Gemma 3's shape: a tied, scaled (sqrt(d)) embedding, (1 + w) RMSNorms, q/k norms."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import pytest
@@ -96,7 +97,7 @@ def test_other_norms(norm):
     assert_close(omega, brute_force_omega(model, split_samples(x), norm=norm))
 
 
-def test_fallback_for_unattributable_parameter():
+def test_fallback_for_unattributable_parameter(caplog):
     class UsesChildWeightDirectly(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -107,9 +108,14 @@ def test_fallback_for_unattributable_parameter():
 
     torch.manual_seed(0)
     model, x = UsesChildWeightDirectly(), torch.randn(6, 4)
-    with pytest.warns(UserWarning, match="falling back"):
+    with caplog.at_level(logging.WARNING, logger="masllm"):
         omega = compute_importance(model, list(x.split(3)), MASConfig(), show_progress=False)
     assert_close(omega, brute_force_omega(model, split_samples(x)))
+    # reported once, with its reason and measured cost, in the logs and in the task's record
+    lines = [r.getMessage() for r in caplog.records if "importance/fallback" in r.getMessage()]
+    assert len(lines) == 1 and "outside its module's forward" in lines[0] and "x)" in lines[0]
+    report = omega.tasks[0]["importance/fallback"]
+    assert "outside its module's forward" in report["reason"] and report["slowdown"] > 0
 
 
 def test_dataset_input_mean_over_samples_and_limit():
@@ -150,6 +156,7 @@ def test_tied_embedding_with_hidden_state_output_stays_batched():
         warnings.simplefilter("error", UserWarning)
         omega = compute_importance(model, [data], MASConfig(output="hidden_states"), show_progress=False)
     assert_close(omega, ref)
+    assert "importance/fallback" not in omega.tasks[0]
 
 
 def test_fused_route_covers_linear_conv1d_embedding_and_the_tie():

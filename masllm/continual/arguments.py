@@ -23,6 +23,7 @@ from ..importance import EWCConfig
 from ..methods import LwFConfig, LwFTrainer, SIConfig
 from ..registry import ESTIMATOR_CONFIGS, did_you_mean
 from ..tasks import TASK_KINDS
+from ..tasks.text.model import lora_kwargs
 from .methods import FINETUNE, Method, method_of
 
 
@@ -44,6 +45,36 @@ class ModelArguments:
     vocab_size: int = field(
         default=4096, metadata={"help": "Vocabulary of the locally trained BPE tokenizer."}
     )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "A GGUF file in model_name_or_path: transformers dequantizes it (needs `gguf`)."},
+    )
+    torch_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the loaded weights: auto, bfloat16, float16 or float32 (from_pretrained)."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel: eager, sdpa, flash_attention_2, ... (from_pretrained)."},
+    )
+    peft: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "One LoRA adapter trained across the whole sequence, Omega over it: {r, alpha, dropout, "
+            "target_modules, modules_to_save} (JSON on the CLI)."
+        },
+    )
+    use_peft: bool = field(
+        default=False, metadata={"help": "TRL's ModelConfig form of `peft`: train a LoRA adapter."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "With use_peft: LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "With use_peft: LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "With use_peft: LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "With use_peft: the modules to adapt (default: all linear layers)."}
+    )
 
 
 @dataclass
@@ -53,7 +84,14 @@ class DataArguments:
         default=None,
         metadata={"help": "Ordered list of domains (the kind's task config fields; JSON on the CLI)."},
     )
-    block_size: int = field(default=128, metadata={"help": "Tokens per packed training block."})
+    block_size: int = field(
+        default=128,
+        metadata={"help": "Tokens per packed training block (chat kind: the longest conversation)."},
+    )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "Chat kind: several conversations per row, padding-free (TRL's BFD packing)."},
+    )
     cache_dir: str | None = field(
         default=None,
         metadata={"help": "Cache of tokenizer and packed domains (default: <output_dir>/cache)."},
@@ -208,6 +246,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, ...]:
     parser.set_defaults(**defaults)
     model_args, data_args, cl_args, training_args = parser.parse_args_into_dataclasses(args=rest)
     model_args.model_config = _structured(model_args.model_config)
+    model_args.peft = _structured(model_args.peft)
+    lora_kwargs(model_args)  # an unsupported adapter setting fails here, before any training
     data_args.domains = _structured(data_args.domains)
     if not data_args.domains:
         raise ValueError("No domains: give `domains:` in the YAML file or --domains '[...]'")

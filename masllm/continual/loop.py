@@ -51,6 +51,10 @@ def run_sequence(
 ) -> list[dict[str, dict[str, float]]]:
     """Train the tasks in order (MAS, Sec. 4.2) and return R's rows; resumes where a run stopped."""
     method, mas_config = run.wiring, run.mas
+    if seq.trainer_class is not None and method.trainer_class is not MASTrainer:
+        raise ValueError(
+            f"Method {run.method!r} trains with a Trainer of its own, and so does this task kind"
+        )
     rows: list[dict[str, dict[str, float]]] = []
     previous: Path | None = None
     for k, task in enumerate(seq.tasks):
@@ -75,6 +79,7 @@ def run_sequence(
         if checkpoint is not None and _training_finished(checkpoint):
             step_callbacks.append(NoUpdate())
         trainer_class, extra = (method.trainer_class, run.trainer_kwargs) if k > 0 else (MASTrainer, {})
+        trainer_class = seq.trainer_class or trainer_class  # the kind's own (chat: MASSFTTrainer)
         trainer = trainer_class(
             model=model,
             args=_step_args(base_args, step_dir, task),

@@ -3,13 +3,17 @@
 The loop MAS uses for |.| (mas.py), shared by the estimators that need another per-sample
 transform or another per-sample scalar: EWC and SPP (fn = square of the log-likelihood gradient:
 the diagonal Fisher), l-MAS (fn = |.| of layer-local gradients). One backward pass per micro-batch
-through `ctx.backward`, with `PerSampleAbsGrad` turning sum_k g_k into sum_k fn(g_k); where the
-per-sample gradients cannot be formed it falls back, with a warning, to one sample per backward pass.
+through `ctx.backward`, with `PerSampleAbsGrad` turning sum_k g_k into sum_k fn(g_k). A sample is
+what the batch's `Segments` says (a row, or a sequence of a packed row), and N counts samples. Where
+the per-sample gradients cannot be formed it falls back to one sample per backward pass (exact,
+slower), and says so once, with the reason and the measured cost: a logger warning and an
+`importance/fallback` entry in the returned Omega's task record.
 """
 
 from __future__ import annotations
 
-import warnings
+import logging
+import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -17,12 +21,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batch import Batch, batch_size, slice_batch
+from ..batch import Batch, inputs_of
 from .context import ImportanceContext, ImportanceSums
 from .per_sample import PerSampleAbsGrad, PerSampleMismatch, Transform
+from .segments import Segments, sample_batch, segments_of
 
-# (full batch, labels included) -> sum over its samples of the per-sample scalar
-BatchLoss = Callable[[Batch], torch.Tensor]
+logger = logging.getLogger(__name__)
+FALLBACK = "importance/fallback"  # the task-record key (and log prefix) of a fallback report
+
+# (full batch, labels included; its samples) -> sum over its samples of the per-sample scalar
+BatchLoss = Callable[[Batch, Segments], torch.Tensor]
+
+
+def fallback_report(reason: str, batched_s: float, fallback_s: float, samples: int) -> dict[str, Any]:
+    """Log, once, why importance left the batched path and what it costs; the record to keep."""
+    slowdown = fallback_s / max(batched_s, 1e-9)
+    logger.warning(
+        "%s: %s; falling back to one sample per backward pass (exact, slower): the first batch's %d "
+        "samples took %.3g s, against %.3g s for the batched attempt (%.1fx)",
+        FALLBACK, reason, samples, fallback_s, batched_s, slowdown,
+    )  # fmt: skip
+    return {"reason": reason, "slowdown": round(slowdown, 3), "first_batch_s": round(fallback_s, 4)}
 
 
 class _TransformOfBatchGrad:
@@ -58,33 +77,37 @@ def accumulate_per_sample(
     hooks: Any = PerSampleAbsGrad(
         ctx.model, ctx.params, check=ctx.config.check_per_sample, transform=transform
     )
-    one_at_a_time = False
+    notes: dict[str, Any] = {}
+    failed: tuple[str, float] | None = None  # (reason, seconds of the batched attempt)
     n_samples = n_batches = 0
     try:
         for batch in batches:
-            B = batch_size(batch)
-            if not one_at_a_time:
+            seg = segments_of(inputs_of(batch))
+            if failed is None:
+                start = time.perf_counter()
                 try:
-                    hooks.start_batch(B)
-                    ctx.backward(loss_fn(batch))
+                    hooks.start_batch(seg)
+                    ctx.backward(loss_fn(batch, seg))
                 except PerSampleMismatch as e:
                     if n_batches > 0:
                         raise
-                    warnings.warn(
-                        f"{e}; falling back to one sample per backward pass (exact, slower)", stacklevel=2
-                    )
+                    failed = (str(e), time.perf_counter() - start)
                     ctx.zero_grads()
                     hooks.remove()
-                    hooks, one_at_a_time = _TransformOfBatchGrad(ctx.model, ctx.params, transform), True
-            if one_at_a_time:
-                for k in range(B):
-                    ctx.backward(loss_fn(slice_batch(batch, k, k + 1, labels=True)))
-            n_samples += B
+                    hooks = _TransformOfBatchGrad(ctx.model, ctx.params, transform)
+            if failed is not None:
+                start = time.perf_counter()
+                for k in range(seg.num_samples):
+                    one = sample_batch(batch, seg, k)
+                    ctx.backward(loss_fn(one, segments_of(inputs_of(one))))
+                if not notes:
+                    notes[FALLBACK] = fallback_report(*failed, time.perf_counter() - start, seg.num_samples)
+            n_samples += seg.num_samples
             n_batches += 1
-            ctx.progress(B)
+            ctx.progress(seg.num_samples)
     finally:
         hooks.remove()
-    return ImportanceSums(ctx.read_grads(), n_samples, n_batches)
+    return ImportanceSums(ctx.read_grads(), n_samples, n_batches, notes)
 
 
 def accumulate_per_batch(
@@ -96,10 +119,10 @@ def accumulate_per_batch(
     n_samples = n_batches = 0
     try:
         for batch in batches:
-            ctx.backward(loss_fn(batch))
-            B = batch_size(batch)
-            n_samples, n_batches = n_samples + B, n_batches + 1
-            ctx.progress(B)
+            seg = segments_of(inputs_of(batch))
+            ctx.backward(loss_fn(batch, seg))
+            n_samples, n_batches = n_samples + seg.num_samples, n_batches + 1
+            ctx.progress(seg.num_samples)
     finally:
         hooks.remove()
     return ImportanceSums(ctx.read_grads(), n_samples, n_batches)
@@ -109,7 +132,7 @@ def count_only(ctx: ImportanceContext, batches: Iterable[Batch]) -> tuple[int, i
     """(samples, batches) of an estimator that needs no forward pass (L2, SI), with progress."""
     n_samples = n_batches = 0
     for batch in batches:
-        B = batch_size(batch)
-        n_samples, n_batches = n_samples + B, n_batches + 1
-        ctx.progress(B)
+        S = segments_of(inputs_of(batch)).num_samples
+        n_samples, n_batches = n_samples + S, n_batches + 1
+        ctx.progress(S)
     return n_samples, n_batches

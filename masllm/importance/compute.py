@@ -47,7 +47,9 @@ def compute_importance(
     samples. Under DeepSpeed ZeRO pass the engine (`trainer.model_wrapped`): the result then
     holds this rank's slices of Omega and theta* (see `masllm.distributed.zero`). Under FSDP2 pass
     the sharded model (`trainer.model`): the result holds DTensors placed like the parameters
-    (`masllm.distributed.fsdp`).
+    (`masllm.distributed.fsdp`). A sample is a row of a batch or, in a packed (padding-free) batch,
+    each sequence of a row (`segments`); a fallback from the batched exact path is recorded in the
+    task's `importance/fallback` entry.
     """
     config = config or MASConfig()
     engine = zero.deepspeed_engine(model)
@@ -98,7 +100,7 @@ def compute_importance(
         raise ValueError("The importance data yielded no samples: Omega needs at least one (Eq. 2)")
     denom = result.num_samples if config.normalize == "samples" else result.num_batches
     importance = {n: t.div_(denom) for n, t in result.sums.items()}  # Eq. 2: 1/N sum_k
-    task = {"name": task_name, "num_samples": result.num_samples, "method": config.method}
+    task = {"name": task_name, "num_samples": result.num_samples, "method": config.method, **result.notes}
     omega = Omega(importance, config=config, tasks=[task])
     if ctx.local is not None:
         return omega.set_local_anchors(ctx.local.values(), ctx.local.shards)

@@ -5,7 +5,9 @@ gradients across micro-batches, through `backward`, and read them once at the en
 `read_grads`. On one process these are `loss.backward()` and `p.grad`; under DeepSpeed ZeRO they are
 the engine's backward and the rank's local gradient partition (masllm.distributed.zero), under FSDP2
 the sharded module's backward and its DTensor gradient shards (masllm.distributed.fsdp), so
-estimators never know which.
+estimators never know which. A bf16 / fp16 parameter's `.grad` would add up the micro-batches in its
+own precision (a small new term below 2^-8 of the sum is lost in bf16): its gradient is moved into a
+float32 sum after each backward instead.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from ..distributed.zero import LocalShards
 
 @dataclass
 class ImportanceSums:
-    """Per-parameter sums over the importance set, before normalisation."""
+    """Per-parameter sums over the importance set, before normalisation; `notes` join the task's
+    record in the returned Omega (e.g. `importance/fallback`)."""
 
     sums: dict[str, torch.Tensor]
     num_samples: int
     num_batches: int
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,26 +42,40 @@ class ImportanceContext:
     config: MASConfig
     device: torch.device
     progress: Callable[[int], None] = lambda n: None
-    backward: Callable[[torch.Tensor], None] = field(default=lambda loss: loss.backward())
+    backward: Callable[[torch.Tensor], None] | None = None  # None: `loss.backward()` (`plain_backward`)
     local: LocalShards | DTensorShards | None = None  # ZeRO / FSDP2: the rank's shards (importance.ranks)
     engine: Any = None  # ZeRO / FSDP2: sums the reduced shards of each backward (`read`, `reset`)
+    low_precision_sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backward is None:
+            self.backward = self.plain_backward
+
+    def plain_backward(self, loss: torch.Tensor) -> None:
+        """`loss.backward()`; a low-precision parameter's gradient then joins its float32 sum."""
+        loss.backward()
+        for n, p in self.params.items():
+            if p.grad is not None and p.grad.dtype != torch.float32:
+                g = p.grad.float()
+                sums = self.low_precision_sums
+                sums[n] = sums[n].add_(g) if n in sums else g
+                p.grad = None
 
     def read_grads(self) -> dict[str, torch.Tensor]:
         """Accumulated gradients (zeros for parameters no sample reached); under ZeRO, local slices."""
         if self.engine is not None:
             return self.engine.read()
-        return {
-            n: (
-                p.grad.detach().float().clone()
-                if p.grad is not None
-                else torch.zeros_like(p, dtype=torch.float32)
-            )
-            for n, p in self.params.items()
-        }
+        out = {}
+        for n, p in self.params.items():
+            total = self.low_precision_sums.get(n)
+            total = total.clone() if total is not None else torch.zeros_like(p, dtype=torch.float32)
+            out[n] = total.add_(p.grad.detach().float()) if p.grad is not None else total
+        return out
 
     def zero_grads(self) -> None:
         if self.engine is not None:
             self.engine.reset()
             return
+        self.low_precision_sums.clear()
         for p in self.params.values():
             p.grad = None

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from transformers import default_data_collator
 
-from ..batch import Batch, batch_size, is_map_dataset, slice_batch
+from ..batch import Batch, inputs_of, is_map_dataset
+from .segments import first_samples, segments_of
 
 
 class SampleList(Dataset):
@@ -77,14 +78,18 @@ def as_batches(data: Iterable | DataLoader, batch_size: int, collate_fn: Any = N
 
 
 def limit_samples(batches: Iterable, max_samples: int | None) -> Iterator[Batch]:
-    """Yield batches until `max_samples` samples have been seen (the last one truncated)."""
+    """Yield batches until `max_samples` samples (sequences, in a packed batch) have been seen; the
+    last one is cut to the samples still wanted."""
+    if max_samples is None:
+        yield from batches
+        return
     seen = 0
     for batch in batches:
-        if max_samples is not None and seen >= max_samples:
+        if seen >= max_samples:
             return
-        B = batch_size(batch)
-        if max_samples is not None and seen + B > max_samples:
-            batch = slice_batch(batch, 0, max_samples - seen)
-            B = max_samples - seen
-        seen += B
+        seg = segments_of(inputs_of(batch))
+        if seen + seg.num_samples > max_samples:
+            yield from first_samples(batch, seg, max_samples - seen)
+            return
+        seen += seg.num_samples
         yield batch

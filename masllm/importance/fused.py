@@ -19,6 +19,11 @@ g_k + e_k, with e_k non-zero only on the rows R_k that sample k looked up, so
 the Linear's backward (which runs first: the output layer is last in the forward) returns the first
 term and keeps g_k on the rows R_k; the Embedding's backward returns the correction. Everything else
 (LayerNorm, custom modules, parameters used several times) stays on the hook path.
+
+A sample k is what the batch's `Segments` says (a row, or a packed sequence). Under autocast (a
+Trainer with `bf16=True` wraps the model's forward in it) the forward's matmul runs in bf16 and
+the backward gets bf16 output gradients: the backward computes in that dtype, as autograd's would,
+and the sums over samples are float32.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch.nn import functional as F
 from transformers.pytorch_utils import Conv1D
 
 from .layers import PerSampleMismatch, Transform, _conv1d, _embedding, _linear
+from .segments import Segments
 
 
 class _FusedLinear(torch.autograd.Function):
@@ -50,10 +56,11 @@ class _FusedLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         layer = ctx.layer
         gx = None
-        if ctx.needs_input_grad[0]:
-            gx = g @ weight.T if layer.kind == "conv1d" else g @ weight
+        if ctx.needs_input_grad[0]:  # in g's dtype: bf16 under autocast (autograd casts it back to x's)
+            w = weight.to(g.dtype)
+            gx = g @ w.T if layer.kind == "conv1d" else g @ w
         gw, gb = layer.weight_grads(x, g)
-        layer.engine.returned(weight, gw)
+        layer.engine.returned(layer.module.weight, gw)  # not `weight`: checkpointing unpacks a copy
         if gb is not None:
             layer.engine.returned(layer.module.bias, gb)
         return gx, gw, gb, None
@@ -87,16 +94,28 @@ class _Layer:
         self.engine, self.module, self.kind, self.tie = engine, module, kind, tie
         self.scale = getattr(module, "embed_scale", None) if kind == "embedding" else None
         self.calls = 0
+        self.called_in_forward = False  # a call outside backward: a later one inside is a recomputation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, engine = self.module, self.engine
         if not torch.is_grad_enabled() or engine.replaying():  # no backward will come, or a torch.func replay
             return type(m).forward(m, x)
+        in_backward = torch._C._current_graph_task_id() != -1
+        if in_backward and self.called_in_forward:
+            # non-reentrant activation checkpointing recomputes the forward to refill the saved
+            # tensors of the nodes already in the graph (whose backward runs): the same Function,
+            # not a second use. (Reentrant checkpointing runs its first forward without grad.)
+            return self._apply(x)
         self.calls += 1
+        self.called_in_forward |= not in_backward
         if self.calls > 1:
             raise PerSampleMismatch(f"{type(m).__name__} is called more than once per forward pass")
+        return self._apply(x)
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
         if self.kind == "embedding":
-            B = engine.batch_size
+            B = self.engine.segments.rows
             if x.dim() > 1 and x.shape[0] == 1 < B:  # broadcast position ids: each sample its own rows
                 x = x.expand(B, *x.shape[1:])
             if self.tie is not None:
@@ -106,7 +125,7 @@ class _Layer:
 
     def weight_grads(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         fn = self.engine.transform
-        forms = (_conv1d if self.kind == "conv1d" else _linear)(self.module, x, g)
+        forms = (_conv1d if self.kind == "conv1d" else _linear)(self.module, x, g, self.engine.segments)
         bias = forms["bias"].transformed_sum(fn) if "bias" in forms else None
         if self.tie is None or self.tie.get("ids") is None:
             return forms["weight"].transformed_sum(fn), bias
@@ -114,19 +133,20 @@ class _Layer:
 
     def _tied_dense(self, form: Any, fn: Transform) -> torch.Tensor:
         """sum_k fn(g_k) over this use, keeping g_k at the rows sample k looked up (for the correction)."""
-        ids = self.tie["ids"].reshape(self.engine.batch_size, -1)
+        seg, ids = self.engine.segments, self.tie["ids"]
         total, kept = None, []
-        for k in range(ids.shape[0]):
+        for k in range(seg.num_samples):
             gk = form.sample(k) if hasattr(form, "sample") else form.g[k][:, None] * form.x[k][None, :]
-            kept.append(gk[torch.unique(ids[k])].clone())  # sorted rows: the order of the embedding's keys
+            rows = torch.unique(seg.sample(ids, k, feature_dims=0))  # sorted, as the embedding's keys
+            kept.append(gk[rows].float())
             t = fn(gk)
-            total = t if total is None else total.add_(t)
+            total = t.float() if total is None else total.add_(t)
         self.tie["kept"] = torch.cat(kept)
         return total
 
     def embedding_grad(self, ids: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         fn = self.engine.transform
-        rows = _embedding(self.module, ids, g)["weight"]  # one entry per (sample, row), sorted
+        rows = _embedding(self.module, ids, g, self.engine.segments)["weight"]  # per (sample, row), sorted
         kept = self.tie.pop("kept", None) if self.tie is not None else None
         if kept is None:  # not tied, or the dense use got no gradient (e.g. F = hidden states)
             return rows.transformed_sum(fn)
@@ -163,7 +183,7 @@ class FusedLayers:
     def __init__(
         self, model: nn.Module, params: dict[str, nn.Parameter], transform: Transform, replaying, check: bool
     ) -> None:
-        self.transform, self.replaying, self.batch_size = transform, replaying, 0
+        self.transform, self.replaying, self.segments = transform, replaying, Segments(0)
         wanted = {id(p) for p in params.values()}
         owners: dict[int, list[nn.Module]] = {}
         for module in model.modules():
@@ -195,9 +215,10 @@ class FusedLayers:
                 self._handles.append(p.register_hook(lambda grad, _p=p: self._check(_p, grad)))
 
     def returned(self, p: torch.Tensor, grad: torch.Tensor) -> None:
-        """What a fused backward handed autograd for `p` (a tied weight: the sum over its two uses)."""
+        """What a fused backward handed autograd for `p` (a tied weight: the sum over its two uses),
+        cast to `p`'s dtype first as autograd casts it (a bf16 weight: the sum of the two bf16 casts)."""
         if self._handles:
-            key = id(p)
+            key, grad = id(p), grad.to(p.dtype)
             self._returned[key] = grad if key not in self._returned else self._returned[key] + grad
 
     def _check(self, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -210,11 +231,11 @@ class FusedLayers:
             raise PerSampleMismatch(f"a {tuple(p.shape)} parameter is also used outside its module's forward")
         return grad
 
-    def start_batch(self, batch_size: int) -> None:
-        self.batch_size = batch_size
+    def start_batch(self, segments: Segments) -> None:
+        self.segments = segments
         self._returned.clear()
         for layer in self.layers:
-            layer.calls = 0
+            layer.calls, layer.called_in_forward = 0, False
         for tie in self.ties.values():
             tie.clear()
 

@@ -7,6 +7,10 @@ can hand out `transformed_sum(fn)` = sum_k fn(g_k) (|.| for MAS, square for the 
 contributions are summed per sample before fn). Fast paths: nn.Linear, transformers' Conv1D,
 nn.Embedding (sparse rows), nn.LayerNorm; any other module goes through `generic_per_sample`
 (torch.func vmap of a vjp through that module alone).
+
+A sample is what the batch's `Segments` says: a row (sum over its positions t), or a sequence
+packed with others in a row (sum over its own span of positions). The reductions over samples run
+in float32 whatever the layer's dtype (bf16 products, summed over many samples, would lose them).
 """
 
 from __future__ import annotations
@@ -18,17 +22,17 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .segments import PerSampleMismatch, Segments  # noqa: F401 (PerSampleMismatch: its old home)
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-class PerSampleMismatch(RuntimeError):
-    """Per-sample gradients could not be formed for some parameter in this batch."""
+INPLACE = {torch.abs: torch.Tensor.abs_, torch.square: torch.Tensor.square_}
 
 
 def reduce_samples(t: torch.Tensor, fn: Transform) -> torch.Tensor:
-    """sum_k fn(t_k) over dim 0, consuming `t`: |.| and square run in place (no (B, *shape) temporary)."""
-    inplace = {torch.abs: torch.Tensor.abs_, torch.square: torch.Tensor.square_}.get(fn)
-    return (inplace(t) if inplace else fn(t)).sum(0)
+    """sum_k fn(t_k) over dim 0 in float32, consuming `t`: |.| and square run in place (no (B, *shape)
+    temporary)."""
+    inplace = INPLACE.get(fn)
+    return (inplace(t) if inplace else fn(t)).sum(0, dtype=torch.float32)
 
 
 class _Dense:
@@ -50,12 +54,17 @@ class _Dense:
 class _Rows:
     """Per-sample gradients of an embedding table, as the rows each sample touched."""
 
-    def __init__(self, ids: torch.Tensor, grad: torch.Tensor, num_rows: int) -> None:
-        B, d = ids.shape[0], grad.shape[-1]
-        self.num_rows, self.batch = num_rows, B
-        key = (torch.arange(B, device=ids.device)[:, None] * num_rows + ids.reshape(B, -1)).reshape(-1)
-        self.keys, inverse = torch.unique(key, return_inverse=True)  # one entry per (sample, row)
-        self.vals = grad.new_zeros(len(self.keys), d).index_add_(0, inverse, grad.reshape(-1, d))
+    def __init__(self, ids: torch.Tensor, grad: torch.Tensor, num_rows: int, seg: Segments) -> None:
+        d = grad.shape[-1]
+        self.num_rows, self.batch = num_rows, seg.num_samples
+        owner, keep = seg.sample_of(ids)  # the sample of each looked-up id
+        ids, grad = ids.reshape(-1), grad.reshape(-1, d)
+        if keep is not None:
+            owner, ids, grad = owner[keep], ids[keep], grad[keep]
+        self.keys, inverse = torch.unique(owner * num_rows + ids, return_inverse=True)  # (sample, row)
+        self.vals = grad.new_zeros(len(self.keys), d, dtype=torch.float32).index_add_(
+            0, inverse, grad.float()
+        )
 
     def _scatter(self, vals: torch.Tensor) -> torch.Tensor:
         return vals.new_zeros(self.num_rows, vals.shape[1]).index_add_(0, self.keys % self.num_rows, vals)
@@ -79,7 +88,7 @@ class _Outer:
 
     def transformed_sum(self, fn: Transform) -> torch.Tensor:
         if fn in (torch.abs, torch.square):
-            return fn(self.g).T @ fn(self.x)
+            return (fn(self.g).T @ fn(self.x)).float()
         return reduce_samples(self.dense(), fn)
 
     def sum(self) -> torch.Tensor:
@@ -93,30 +102,31 @@ class _Outer:
 
 
 class _Products:
-    """Per-sample gradients of a weight used at several positions: g_k = sum_t dy_kt x_kt^T, kept as the
-    two factors (B, T, out) and (B, T, in). They are formed one sample at a time when transformed and
-    summed, so the weight's autograd-sized matmul is the only big temporary (never (B, out, in))."""
+    """Per-sample gradients of a weight used at several positions: g_k = sum_{t in k} dy_t x_t^T, kept
+    as the two factors (B, T, out) and (B, T, in). They are formed one sample at a time (a row, or a
+    packed sequence's span of positions) when transformed and summed, so the weight's autograd-sized
+    matmul is the only big temporary (never (B, out, in))."""
 
-    def __init__(self, g: torch.Tensor, x: torch.Tensor) -> None:
-        self.g, self.x = g, x  # (B, T, out), (B, T, in): the weight's gradient is (out, in)
+    def __init__(self, g: torch.Tensor, x: torch.Tensor, seg: Segments) -> None:
+        self.g, self.x, self.seg = g, x, seg  # (B, T, out), (B, T, in): the weight's gradient is (out, in)
 
     def sample(self, k: int) -> torch.Tensor:
-        return self.g[k].T @ self.x[k]  # (out, in)
+        return self.seg.sample(self.g, k).T @ self.seg.sample(self.x, k)  # (out, in)
 
     def transformed_sum(self, fn: Transform) -> torch.Tensor:
-        inplace = {torch.abs: torch.Tensor.abs_, torch.square: torch.Tensor.square_}.get(fn)
+        inplace = INPLACE.get(fn)
         total = None
-        for k in range(self.g.shape[0]):
+        for k in range(self.seg.num_samples):
             t = self.sample(k)
             t = inplace(t) if inplace else fn(t)
-            total = t if total is None else total.add_(t)
+            total = t.float() if total is None else total.add_(t)  # float32 sums (a bf16 layer too)
         return total
 
-    def sum(self) -> torch.Tensor:
+    def sum(self) -> torch.Tensor:  # every position, a sample's or not: autograd's gradient
         return self.g.reshape(-1, self.g.shape[-1]).T @ self.x.reshape(-1, self.x.shape[-1])
 
     def add_to(self, buf: torch.Tensor) -> None:
-        for k in range(self.g.shape[0]):
+        for k in range(self.seg.num_samples):
             buf[k] += self.sample(k)
 
 
@@ -136,41 +146,38 @@ class _Transposed:
         self.form.add_to(buf.transpose(-1, -2))
 
 
-def _flat(x: torch.Tensor, B: int) -> torch.Tensor:
-    return x.reshape(B, -1, x.shape[-1])  # (B, positions, features)
-
-
-def _linear(module: nn.Linear, x: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
-    if g.dim() == 2:  # one position per sample (an MLP): keep g_k x_k^T factored
+def _linear(module: nn.Linear, x: torch.Tensor, g: torch.Tensor, seg: Segments) -> dict[str, Any]:
+    # x in the dtype the layer computed in (g's: an autocast layer's input is cast for its matmul)
+    if g.dim() == 2 and not seg.packed:  # one position per sample (an MLP): keep g_k x_k^T factored
         out: dict[str, Any] = {"weight": _Outer(g, x.to(g.dtype))}
         if module.bias is not None:
-            out["bias"] = _Dense(g.clone())  # a copy: the reduction works in place, g is autograd's
+            out["bias"] = _Dense(
+                g.to(torch.float32, copy=True)
+            )  # the reduction works in place, g is autograd's
         return out
-    x, g = _flat(x, g.shape[0]), _flat(g, g.shape[0])
-    out = {"weight": _Products(g, x.to(g.dtype))}  # g_k = G_k^T X_k: (out, in)
+    out = {"weight": _Products(g, x.to(g.dtype), seg)}  # g_k = G_k^T X_k: (out, in)
     if module.bias is not None:
-        out["bias"] = _Dense(g.sum(1))
+        out["bias"] = _Dense(seg.sum_positions(g, 1))
     return out
 
 
-def _conv1d(module: Conv1D, x: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
-    x, g = _flat(x, g.shape[0]), _flat(g, g.shape[0])
-    return {"weight": _Transposed(_Products(g, x.to(g.dtype))), "bias": _Dense(g.sum(1))}  # W: (in, out)
+def _conv1d(module: Conv1D, x: torch.Tensor, g: torch.Tensor, seg: Segments) -> dict[str, Any]:
+    weight = _Transposed(_Products(g, x.to(g.dtype), seg))  # W: (in, out)
+    return {"weight": weight, "bias": _Dense(seg.sum_positions(g, 1))}
 
 
-def _embedding(module: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
+def _embedding(module: nn.Embedding, ids: torch.Tensor, g: torch.Tensor, seg: Segments) -> dict[str, Any]:
     if module.padding_idx is not None:  # autograd gives the padding row no gradient
         g = g * (ids != module.padding_idx).unsqueeze(-1).to(g.dtype)
-    return {"weight": _Rows(ids, g, module.num_embeddings)}
+    return {"weight": _Rows(ids, g, module.num_embeddings, seg)}
 
 
-def _layer_norm(module: nn.LayerNorm, x: torch.Tensor, g: torch.Tensor) -> dict[str, Any]:
+def _layer_norm(module: nn.LayerNorm, x: torch.Tensor, g: torch.Tensor, seg: Segments) -> dict[str, Any]:
     shape = module.normalized_shape
     xhat = nn.functional.layer_norm(x.to(g.dtype), shape, eps=module.eps)
-    B = g.shape[0]
-    out = {"weight": _Dense((g * xhat).reshape(B, -1, *shape).sum(1))}
+    out = {"weight": _Dense(seg.sum_positions(g * xhat, len(shape)))}
     if module.bias is not None:
-        out["bias"] = _Dense(g.reshape(B, -1, *shape).sum(1))
+        out["bias"] = _Dense(seg.sum_positions(g, len(shape)))
     return out
 
 
@@ -183,11 +190,20 @@ FAST_PATHS: dict[type, Callable[..., dict[str, Any]]] = {
 
 
 def generic_per_sample(
-    module: nn.Module, args: tuple, kwargs: dict, names: list[str], g: torch.Tensor
+    module: nn.Module, args: tuple, kwargs: dict, names: list[str], g: torch.Tensor, seg: Segments
 ) -> dict[str, Any]:
-    """Per-sample gradients of `module`'s own parameters by vmap over a vjp through its forward."""
-    B = g.shape[0]
-    batched = [isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == B for a in args]
+    """Per-sample gradients of `module`'s own parameters by vmap over a vjp through its forward.
+
+    Packed rows are first cut into their samples, zero-padded to the longest (`Segments.unpack`):
+    exact for a module that acts on each position alone (a norm, a scale), whose padded positions
+    get a zero output gradient; one that mixes positions is caught by the exactness check."""
+    if seg.packed:  # positions in dim 1, or e.g. in dim 2 of a per-head (B, heads, T, d) input
+        dims = [seg.position_dim(a) for a in args]
+        args = tuple(a if d is None else seg.unpack(a, d) for a, d in zip(args, dims))
+        g = seg.unpack(g, seg.position_dim(g))
+        batched = [d is not None for d in dims]
+    else:
+        batched = [isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == g.shape[0] for a in args]
     params = {n: getattr(module, n).detach() for n in names}
     # every other tensor of the module (children's parameters too) enters as a constant: a real
     # leaf in the replay would get the inner backward's gradient accumulated into it

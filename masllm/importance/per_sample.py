@@ -23,8 +23,13 @@ backward pass. With `check=True` the hook path's per-sample gradients are verifi
 autograd's batch gradient, which catches layers whose forward the fast paths misread (the fused
 route computes its layers' forward itself, from the same functional op, so it needs no such check).
 
+A sample is a row of the batch or, in a packed (padding-free) batch, one of the sequences that share
+a row: `start_batch` takes the batch's `Segments`, and every per-layer product reduces over them.
+The exactness check's tolerance follows the dtype the layer computed in (bf16 under autocast or for
+a bf16 model: its rounding, not a misread forward, separates the two sums there).
+
 Per-sample exactness assumes samples do not interact in the forward pass (true in eval mode; not
-for BatchNorm in train mode).
+for BatchNorm in train mode; packed sequences must be kept apart by the attention, see `segments`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from torch import nn
 
 from .fused import FusedLayers
 from .layers import PerSampleMismatch, Transform, fast_path, generic_per_sample, reduce_samples
+from .segments import Segments
 
 __all__ = ["PerSampleAbsGrad", "PerSampleMismatch", "Transform"]
 
@@ -57,7 +63,7 @@ class PerSampleAbsGrad:
     ) -> None:
         self.check = check
         self.transform = transform
-        self.batch_size = 0
+        self.segments = Segments(0)
         self._replaying = False
         # Linear / Conv1D / Embedding layers: sum_k fn(g_k) in place of autograd's gradient
         self.fused = FusedLayers(model, params, transform, replaying=lambda: self._replaying, check=check)
@@ -86,13 +92,20 @@ class PerSampleAbsGrad:
         self.arrived: dict[str, int] = {}
         self.pending: dict[str, torch.Tensor] = {}
         self.result: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.tolerance: dict[str, float] = {}
+        self.seen_in_forward: set[str] = set()  # parameters used outside a backward pass
         self.unattributed: set[str] = set()
 
-    def start_batch(self, batch_size: int) -> None:
-        """Call before each forward pass with the number of samples in it."""
+    @property
+    def batch_size(self) -> int:
+        """Rows of the current batch (its leading dim; samples: `segments.num_samples`)."""
+        return self.segments.rows
+
+    def start_batch(self, segments: Segments | int) -> None:
+        """Call before each forward pass with the batch's samples (an int: one sample per row)."""
         self._reset()
-        self.batch_size = batch_size
-        self.fused.start_batch(batch_size)
+        self.segments = segments if isinstance(segments, Segments) else Segments(segments)
+        self.fused.start_batch(self.segments)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -126,24 +139,35 @@ class PerSampleAbsGrad:
         if not torch.is_grad_enabled() or self._replaying:  # not while generic_per_sample re-runs a module
             return
         ids = [n for _, n in own]
-        B = self.batch_size
+        in_backward = torch._C._current_graph_task_id() != -1
+        if in_backward and all(i in self.seen_in_forward for i in ids):
+            return  # non-reentrant checkpointing recomputing the forward: not another use
+        B, seg = self.batch_size, self.segments
+
+        def samples_in(t: Any) -> bool:
+            """Rows in dim 0; packed: positions in dim 1 (in any dim for the torch.func path)."""
+            if not seg.packed:
+                return isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B
+            dim = seg.position_dim(t)
+            return dim == 1 or (dim is not None and fast_path(module) is None)
+
         ok = (
             isinstance(output, torch.Tensor)
             and output.requires_grad
-            and output.dim() > 0
-            and output.shape[0] == B
+            and samples_in(output)
             and not any(
                 isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B for v in kwargs.values()
             )
             and len(args) > 0
-            and isinstance(args[0], torch.Tensor)
-            and args[0].shape[0] == B
+            and samples_in(args[0])
         )
         if not ok:
             self.unattributed.update(ids)
             return
         for i in ids:
             self.uses[i] = self.uses.get(i, 0) + 1
+        if not in_backward:
+            self.seen_in_forward.update(ids)
         output.register_hook(partial(self._on_output_grad, module, own, args, kwargs))
 
     def _hook_live(self, own: list[tuple[str, str]], module: nn.Module, args: tuple) -> None:
@@ -165,14 +189,18 @@ class PerSampleAbsGrad:
         fast = fast_path(module)
         with torch.no_grad():
             if fast:
-                per_sample = fast(module, args[0], g)
+                per_sample = fast(module, args[0], g, self.segments)
             else:
                 self._replaying = True  # the module's children must not count this re-run as a use
                 try:
-                    per_sample = generic_per_sample(module, args, kwargs, [a for a, _ in own], g)
+                    per_sample = generic_per_sample(
+                        module, args, kwargs, [a for a, _ in own], g, self.segments
+                    )
                 finally:
                     self._replaying = False
+            tol = _tolerance(g.dtype, args[0].dtype)
             for attr, n in own:
+                self.tolerance[n] = max(tol, self.tolerance.get(n, 0.0))
                 self._collect(n, per_sample[attr])
 
     def _collect(self, pid: str, ps: Any) -> None:
@@ -183,7 +211,7 @@ class PerSampleAbsGrad:
         if pid not in self.pending:
             p = self.live.get(pid, self.params[pid])
             shape = getattr(p, "ds_shape", p.shape)  # a ZeRO-3 placeholder's own shape is (0,)
-            self.pending[pid] = p.new_zeros((self.batch_size, *shape), dtype=torch.float32)
+            self.pending[pid] = p.new_zeros((self.segments.num_samples, *shape), dtype=torch.float32)
         ps.add_to(self.pending[pid])
         self.arrived[pid] = self.arrived.get(pid, 0) + 1
         if self.arrived[pid] == self.uses[pid]:
@@ -205,13 +233,23 @@ class PerSampleAbsGrad:
         if pid in self.result and pid not in self.unattributed:
             transformed, signed = self.result.pop(pid)
             if signed is not None:
-                err = (signed - grad.float()).norm()
-                if err > 1e-3 * grad.float().norm() + 1e-6:
+                err = (signed.float() - grad.float()).norm()
+                if (
+                    err
+                    > max(self.tolerance.get(pid, 0.0), _tolerance(grad.dtype)) * grad.float().norm() + 1e-6
+                ):
                     raise PerSampleMismatch(
                         f"per-sample gradients of {name!r} do not add up to its batch gradient "
                         f"(relative error {float(err / (grad.float().norm() + 1e-12)):.2e})"
                     )
             return transformed.to(grad.dtype)
-        if self.batch_size == 1:  # one sample: |batch gradient| is exact
+        if self.segments.num_samples == 1:  # one sample: |batch gradient| is exact
             return self.transform(grad)
         raise PerSampleMismatch(f"no per-sample gradient could be formed for {name!r}")
+
+
+def _tolerance(*dtypes: torch.dtype) -> float:
+    """Relative tolerance of the exactness check: 1e-3, or 4 roundings of the coarsest dtype (bf16:
+    3%; a misread forward is off by order 1)."""
+    eps = max((torch.finfo(d).eps for d in dtypes if d.is_floating_point), default=0.0)
+    return max(1e-3, 4 * eps)

@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from ..batch import Batch, batch_size, is_map_dataset
+from ..batch import Batch, inputs_of, is_map_dataset
 from ..config import MASConfig
 from ..distributed import comm, fsdp, zero
 from .context import ImportanceContext, ImportanceSums
 from .per_sample import PerSampleMismatch
+from .segments import segments_of
 
 
 def rank_share(data: Any, config: MASConfig, rank: int, world_size: int) -> tuple[Any, int | None]:
@@ -64,7 +65,7 @@ class Lockstep:
                     raise ValueError("A rank received no importance samples: give every rank some data")
                 self.weight, batch = 0.0, last
             else:
-                self.num_samples += batch_size(batch)
+                self.num_samples += segments_of(inputs_of(batch)).num_samples
                 self.num_batches += 1
             last = batch
             yield batch
@@ -162,7 +163,7 @@ def combine(result: ImportanceSums, lockstep: Lockstep | None) -> ImportanceSums
     """Global counts; under DDP also the global sums (under ZeRO and FSDP2 backward reduced them)."""
     if lockstep is not None:
         n = comm.all_reduce_sum([lockstep.num_samples, lockstep.num_batches])
-        return ImportanceSums(result.sums, int(n[0]), int(n[1]))
+        return ImportanceSums(result.sums, int(n[0]), int(n[1]), result.notes)
     n = comm.all_reduce_sum([result.num_samples, result.num_batches])
     comm.all_reduce_(list(result.sums.values()))  # in place: no second copy of Omega
-    return ImportanceSums(result.sums, int(n[0]), int(n[1]))
+    return ImportanceSums(result.sums, int(n[0]), int(n[1]), result.notes)

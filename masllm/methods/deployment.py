@@ -90,7 +90,7 @@ class DeploymentImportance:
         """Fold the buffered inputs into Omega: the sample-weighted running mean of Eq. 2."""
         if not self._buffer:
             return
-        batches, n = self._buffer, self._buffered
+        batches = self._buffer
         self._buffer, self._buffered = [], 0
         self._computing = True
         try:
@@ -98,6 +98,7 @@ class DeploymentImportance:
                 new = compute_importance(self.model, batches, self.config, show_progress=False)
         finally:
             self._computing = False
+        n = new.tasks[0]["num_samples"]  # samples of Eq. 2: sequences, also of packed rows
         total = self.num_samples + n
         for name, t in new.importance.items():
             old = self.importance.get(name, torch.zeros_like(t))

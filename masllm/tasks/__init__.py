@@ -1,18 +1,24 @@
 """Task kinds of the continual loop: each turns the recipe's arguments into a `TaskSequence`.
 
 `TASK_KINDS[kind](model_args, data_args, training_args) -> TaskSequence`; the contract (`Task`,
-`TaskSequence`) is in `base`. Kinds: `causal_lm` (text domains, `text/`), `vision` (image
-classification, one head per task, `vision/`).
+`TaskSequence`) is in `base`. Kinds: `causal_lm` (text domains, `text/`), `chat` (chat / instruction
+domains trained with TRL's SFTTrainer, `text/chat.py`), `vision` (image classification, one head
+per task, `vision/`).
 """
 
 from collections.abc import Callable
 from typing import Any
 
 from .base import Task, TaskSequence, evaluate_with_trainer
+from .text.chat import chat_sequence
 from .text.kind import causal_lm_sequence
 from .vision.kind import vision_sequence
 
 KindBuilder = Callable[[Any, Any, Any], TaskSequence]
-TASK_KINDS: dict[str, KindBuilder] = {"causal_lm": causal_lm_sequence, "vision": vision_sequence}
+TASK_KINDS: dict[str, KindBuilder] = {
+    "causal_lm": causal_lm_sequence,
+    "chat": chat_sequence,
+    "vision": vision_sequence,
+}
 
 __all__ = ["TASK_KINDS", "Task", "TaskSequence", "evaluate_with_trainer"]

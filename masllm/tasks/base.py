@@ -43,7 +43,8 @@ class TaskSequence:
     `model_init(path)` returns the model, freshly built (`path=None`) or loaded from a directory the
     recipe saved with `Trainer.save_model`. `metrics` maps each reported metric to True when higher
     is better; `primary_metric` is the one the printed table leads with. `trainer_kwargs` go to every
-    Trainer (e.g. `compute_metrics`).
+    Trainer (e.g. `compute_metrics`). `trainer_class`, when set, builds every step's Trainer (called
+    like `MASTrainer`) instead of the method's: the chat kind's MASSFTTrainer with its SFTConfig.
     """
 
     tasks: list[Task]
@@ -52,6 +53,7 @@ class TaskSequence:
     primary_metric: str
     processing_class: Any = None
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    trainer_class: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -37,6 +37,7 @@ from ...config import MASConfig
 from ...registry import register_estimator
 from ..accumulate import accumulate_per_sample
 from ..context import ImportanceContext, ImportanceSums
+from ..segments import Segments, forward_kwargs
 
 
 @dataclass
@@ -68,12 +69,18 @@ def is_causal_lm(model: nn.Module) -> bool:
     return any(cls.__name__ in names for cls in type(base).__mro__)
 
 
-def labels_of(batch: Batch, x: Batch, model: nn.Module) -> torch.Tensor:
+def labels_of(batch: Batch, x: Batch, model: nn.Module, seg: Segments | None = None) -> torch.Tensor:
     labels = labels_in(batch)
     if labels is not None:
         return labels
     if isinstance(batch, Mapping) and is_causal_lm(model) and "input_ids" in x:
-        return x["input_ids"]
+        if seg is None or not seg.packed:
+            return x["input_ids"]
+        labels = x[
+            "input_ids"
+        ].clone()  # a packed sequence's first token is not predicted from the one before
+        labels.view(-1)[torch.tensor([a for a, _ in seg.bounds], device=labels.device)] = -100
+        return labels
     raise ValueError(
         "The empirical Fisher (EWC) needs labels: a 'labels' key, an (x, y) tuple, or a causal LM's "
         "input ids; use EWCConfig(ewc_sampled=True) to sample them from the model instead"
@@ -112,11 +119,11 @@ def fisher_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> Impor
     sampled = isinstance(ctx.config, EWCConfig) and ctx.config.ewc_sampled
     causal = is_causal_lm(ctx.model)
 
-    def loss(batch: Any) -> torch.Tensor:
+    def loss(batch: Any, seg: Segments) -> torch.Tensor:
         x = to_device(inputs_of(batch), ctx.device)
-        logits = logits_of(forward(ctx.model, x))  # the Fisher is of p = softmax(logits), whatever F is
+        logits = logits_of(forward(ctx.model, x, **forward_kwargs(ctx.model, seg)))  # p = softmax(logits)
         if sampled:
             return -sampled_log_likelihood(logits, x).sum()
-        return -empirical_log_likelihood(logits, labels_of(batch, x, ctx.model), x, causal).sum()
+        return -empirical_log_likelihood(logits, labels_of(batch, x, ctx.model, seg), x, causal).sum()
 
     return accumulate_per_sample(ctx, batches, loss, torch.square)

@@ -49,6 +49,7 @@ from ...batch import Batch, attention_mask, forward, inputs_of, masked, to_devic
 from ...registry import register_estimator
 from ..accumulate import accumulate_per_sample
 from ..context import ImportanceContext, ImportanceSums
+from ..segments import Segments, forward_kwargs
 
 ACTIVATIONS: tuple[type, ...] = (
     nn.ReLU,
@@ -134,13 +135,13 @@ def lmas_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> Importa
     """sum_k |local gradient_k| per parameter (Eq. 6-7 with |.| per sample; 1/N is applied later)."""
     cut: LayerCut | None = None
 
-    def loss(batch: Batch) -> torch.Tensor:
+    def loss(batch: Batch, seg: Segments) -> torch.Tensor:
         nonlocal cut
         if cut is None:  # registered after PerSampleAbsGrad's hooks, so those see the uncut outputs
             cut = LayerCut(ctx.model, ctx.params)
         x = to_device(inputs_of(batch), ctx.device)
         cut.start_batch(x)
-        forward(ctx.model, x)
+        forward(ctx.model, x, **forward_kwargs(ctx.model, seg))
         return cut.local_loss().to(ctx.device)
 
     try:

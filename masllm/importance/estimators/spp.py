@@ -28,26 +28,17 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ...batch import (
-    Batch,
-    attention_mask,
-    batch_size,
-    forward,
-    inputs_of,
-    logits_of,
-    masked,
-    slice_batch,
-    to_device,
-)
+from ...batch import Batch, attention_mask, forward, inputs_of, logits_of, masked, to_device
 from ...distributed import comm
 from ...registry import register_estimator
 from ..context import ImportanceContext, ImportanceSums
 from ..per_sample import PerSampleAbsGrad, PerSampleMismatch
+from ..segments import Segments, forward_kwargs, sample_batch, segments_of
 from .fisher import sampled_log_likelihood
 
 
-def _logits(model: nn.Module, x: Batch) -> torch.Tensor:
-    return logits_of(forward(model, x))  # q = softmax(logits), whatever MASConfig.output says
+def _logits(model: nn.Module, x: Batch, seg: Segments) -> torch.Tensor:
+    return logits_of(forward(model, x, **forward_kwargs(model, seg)))  # q = softmax(logits), any F
 
 
 def entropy(logits: torch.Tensor, x: Batch) -> torch.Tensor:
@@ -72,20 +63,20 @@ def _weights(ctx: ImportanceContext) -> dict[str, torch.Tensor]:
     return {n: p.detach().float() for n, p in ctx.params.items()}
 
 
-def _fisher_backward(ctx: ImportanceContext, x: Batch, B: int) -> None:
+def _fisher_backward(ctx: ImportanceContext, x: Batch, seg: Segments) -> None:
     """Backward of -sum_k log q(y_k|x_k), y_k ~ q, leaving sum_k (per-sample gradient)^2 in the grads."""
     check = ctx.config.check_per_sample
     with PerSampleAbsGrad(ctx.model, ctx.params, check=check, transform=torch.square) as hooks:
         try:
-            hooks.start_batch(B)
-            ctx.backward(-sampled_log_likelihood(_logits(ctx.model, x), x).sum())
+            hooks.start_batch(seg)
+            ctx.backward(-sampled_log_likelihood(_logits(ctx.model, x, seg), x).sum())
             return
         except PerSampleMismatch:
             ctx.zero_grads()  # this batch's Fisher only: the entropy gradient was read already
-        for k in range(B):  # one sample per backward: the square of its gradient is exact
-            hooks.start_batch(1)
-            x_k = slice_batch(x, k, k + 1)
-            ctx.backward(-sampled_log_likelihood(_logits(ctx.model, x_k), x_k).sum())
+        for k in range(seg.num_samples):  # one sample per backward: the square of its gradient is exact
+            x_k = inputs_of(sample_batch(x, seg, k))
+            hooks.start_batch(segments_of(x_k))
+            ctx.backward(-sampled_log_likelihood(_logits(ctx.model, x_k, segments_of(x_k)), x_k).sum())
 
 
 @register_estimator("spp")
@@ -94,16 +85,16 @@ def spp_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> Importan
     grad_h = fisher = None
     n_samples = n_batches = 0
     for batch in batches:
-        x, B = to_device(inputs_of(batch), ctx.device), batch_size(batch)
-        ctx.backward(entropy(_logits(ctx.model, x), x).sum())  # sum_k dH_k/dW
+        x, seg = to_device(inputs_of(batch), ctx.device), segments_of(inputs_of(batch))
+        ctx.backward(entropy(_logits(ctx.model, x, seg), x).sum())  # sum_k dH_k/dW
         grad_h = _add(grad_h, ctx.read_grads())
         ctx.zero_grads()
-        _fisher_backward(ctx, x, B)
+        _fisher_backward(ctx, x, seg)
         fisher = _add(fisher, ctx.read_grads())  # sum_k (d log q(y_k|x_k)/dW)^2
         ctx.zero_grads()
-        n_samples += B
+        n_samples += seg.num_samples
         n_batches += 1
-        ctx.progress(B)
+        ctx.progress(seg.num_samples)
     if grad_h is None or fisher is None:
         return ImportanceSums({n: torch.zeros(0) for n in ctx.params}, 0, 0)
     W = _weights(ctx)

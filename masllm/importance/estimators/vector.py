@@ -17,65 +17,73 @@ sequence are left out (their dimensions are skipped). Strength: MAS's, lambda = 
 
 from __future__ import annotations
 
-import warnings
+import time
 from collections.abc import Iterable
 
 import torch
 
-from ...batch import Batch, attention_mask, batch_size, inputs_of, masked, slice_batch, to_device
+from ...batch import Batch, attention_mask, inputs_of, masked, to_device
 from ...registry import register_estimator
+from ..accumulate import FALLBACK, fallback_report
 from ..context import ImportanceContext, ImportanceSums
 from ..per_sample import PerSampleAbsGrad, PerSampleMismatch
+from ..segments import Segments, sample_batch, segments_of
 from .mas import model_output
 
 
-def _flat_output(ctx: ImportanceContext, x: Batch) -> torch.Tensor:
-    """F(x) as (B, D), padding positions zeroed."""
-    F = model_output(ctx.model, x, ctx.config)
+def _flat_output(ctx: ImportanceContext, x: Batch, seg: Segments) -> torch.Tensor:
+    """F(x) as (B, D), padding positions zeroed (a packed row's D spans its sequences)."""
+    F = model_output(ctx.model, x, ctx.config, seg)
     F = masked(F, attention_mask(x, F.shape, extra_dims=1))
     return F.reshape(F.shape[0], -1)
 
 
-def _used_dims(ctx: ImportanceContext, x: Batch) -> list[int]:
+def _used_dims(ctx: ImportanceContext, x: Batch, seg: Segments) -> list[int]:
     """Output dimensions at a non-padding position of some sample (all of them without a mask)."""
     with torch.no_grad():
-        F = model_output(ctx.model, x, ctx.config)
+        F = model_output(ctx.model, x, ctx.config, seg)
     keep = masked(torch.ones_like(F), attention_mask(x, F.shape, extra_dims=1)).bool()
     return keep.reshape(F.shape[0], -1).any(0).nonzero().flatten().tolist()
 
 
-def _one_batch(ctx: ImportanceContext, hooks: PerSampleAbsGrad, x: Batch) -> None:
-    """One forward + backward per output dimension d that any sample of the batch uses."""
-    B = batch_size(x)
-    for d in _used_dims(ctx, x):
-        hooks.start_batch(B)
-        ctx.backward(_flat_output(ctx, x)[:, d].float().sum())  # sum_k F_d(x_k): per-sample |.| by hooks
+def _one_batch(ctx: ImportanceContext, hooks: PerSampleAbsGrad, x: Batch, seg: Segments) -> None:
+    """One forward + backward per output dimension d that any sample of the batch uses (a position
+    of a packed row belongs to one sequence: the hooks take |.| per sequence)."""
+    for d in _used_dims(ctx, x, seg):
+        hooks.start_batch(seg)
+        ctx.backward(_flat_output(ctx, x, seg)[:, d].float().sum())  # sum_k F_d(x_k): per-sample |.|
 
 
 @register_estimator("mas_vector")
 def vector_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> ImportanceSums:
     """sum_k sum_d |d F_d(x_k) / d theta| accumulated in the gradients (1/N applied by the caller)."""
     hooks = PerSampleAbsGrad(ctx.model, ctx.params, check=ctx.config.check_per_sample)
-    one_at_a_time = False
+    failed: tuple[str, float] | None = None  # (reason, seconds of the batched attempt)
+    notes: dict = {}
     n_samples = n_batches = 0
     try:
         for batch in batches:
-            x, B = to_device(inputs_of(batch), ctx.device), batch_size(batch)
-            if not one_at_a_time:
+            seg = segments_of(inputs_of(batch))
+            x = to_device(inputs_of(batch), ctx.device)
+            if failed is None:
+                start = time.perf_counter()
                 try:
-                    _one_batch(ctx, hooks, x)
+                    _one_batch(ctx, hooks, x, seg)
                 except PerSampleMismatch as e:
                     if n_batches > 0:
                         raise
-                    warnings.warn(f"{e}; falling back to one sample per batch (exact, slower)", stacklevel=2)
+                    failed = (str(e), time.perf_counter() - start)
                     ctx.zero_grads()
-                    one_at_a_time = True
-            if one_at_a_time:  # with one sample, |batch gradient| is exact
-                for k in range(B):
-                    _one_batch(ctx, hooks, slice_batch(x, k, k + 1))
-            n_samples += B
+            if failed is not None:  # with one sample, |batch gradient| is exact
+                start = time.perf_counter()
+                for k in range(seg.num_samples):
+                    one = inputs_of(sample_batch(x, seg, k))
+                    _one_batch(ctx, hooks, one, segments_of(one))
+                if not notes:
+                    notes[FALLBACK] = fallback_report(*failed, time.perf_counter() - start, seg.num_samples)
+            n_samples += seg.num_samples
             n_batches += 1
-            ctx.progress(B)
+            ctx.progress(seg.num_samples)
     finally:
         hooks.remove()
-    return ImportanceSums(ctx.read_grads(), n_samples, n_batches)
+    return ImportanceSums(ctx.read_grads(), n_samples, n_batches, notes)

@@ -1,7 +1,8 @@
 """The `causal_lm` task kind: text domains as next-token prediction tasks, and their metrics.
 
 Reads `model_args.model_name_or_path | model_config`, `tokenizer_name_or_path`, `vocab_size`, and
-`data_args.domains`, `block_size`, `cache_dir`, `document_seed`, `tokenizer_chars_per_domain`.
+`data_args.domains`, `block_size`, `cache_dir`, `document_seed`, `tokenizer_chars_per_domain`; the
+model (GGUF, dtype, attention, LoRA adapter) is loaded by `model.load_causal_lm`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..base import Task, TaskSequence, check_config_keys
 from .domains import DomainConfig
+from .model import load_causal_lm, pretrained_tokenizer
 from .packing import load_domain, load_or_train_tokenizer
 
 
@@ -63,18 +65,13 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
     Reads `model_args.model_name_or_path | model_config`, `tokenizer_name_or_path`, `vocab_size`,
     and `data_args.domains`, `block_size`, `cache_dir`, `document_seed`, `tokenizer_chars_per_domain`.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
     domains = [DomainConfig.from_dict(d) for d in data_args.domains]
     if not model_args.model_name_or_path:
         check_model_config(model_args.model_config)
     cache_dir = Path(data_args.cache_dir)
-    source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     with training_args.main_process_first(desc="tokenizer and packed domains"):
-        if source:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        else:
+        tokenizer = pretrained_tokenizer(model_args)
+        if tokenizer is None:
             tokenizer = load_or_train_tokenizer(
                 domains,
                 model_args.vocab_size,
@@ -90,17 +87,7 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
         tokenizer.pad_token = tokenizer.eos_token
 
     def model_init(path: str | None) -> nn.Module:
-        if path is not None or model_args.model_name_or_path:
-            return AutoModelForCausalLM.from_pretrained(path or model_args.model_name_or_path)
-        config = dict(model_args.model_config)
-        config.setdefault("vocab_size", len(tokenizer))
-        ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
-        config.update(ids, pad_token_id=tokenizer.pad_token_id)  # as the Trainer would align them, noisily
-        config = AutoConfig.for_model(**config)
-        torch.manual_seed(training_args.seed)
-        # The class itself, not `from_config`: under ZeRO-3 that initialises inside zero.Init, whose
-        # partitioned random init differs from one process's (the engine partitions the model later).
-        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
+        return load_causal_lm(model_args, training_args, tokenizer, path)
 
     tasks = [
         Task(
