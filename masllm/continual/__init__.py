@@ -8,6 +8,7 @@
 - `manifest`: `run_manifest.json`, so that a rerun never mixes results of two configurations;
 - `output`: what a run prints (one line per phase, the long phases' progress bars, no noise);
 - `metrics`: R and ACC / BWT / FWT / forgetting; `report`: report.json / report.md / plots.
+- `selection`: lambda chosen on validation data (`select_lambda`, `select_from_report`).
 """
 
 from .arguments import ContinualArguments, DataArguments, ModelArguments, RunConfig, make_parser, parse_args
@@ -15,6 +16,7 @@ from .imm_step import IMM_DIR, IMM_FISHER
 from .loop import ROW_FILE, run_sequence
 from .methods import FINETUNE, METHODS, Method, method_of, methods
 from .run import command, main
+from .selection import Selection, select_from_report, select_lambda
 
 __all__ = [
     "FINETUNE",
@@ -27,6 +29,7 @@ __all__ = [
     "Method",
     "ModelArguments",
     "RunConfig",
+    "Selection",
     "command",
     "main",
     "make_parser",
@@ -34,4 +37,6 @@ __all__ = [
     "methods",
     "parse_args",
     "run_sequence",
+    "select_from_report",
+    "select_lambda",
 ]

@@ -1,4 +1,5 @@
-"""A task's images as the dict batches `MultiHeadClassifier` takes (`pixel_values`, `labels`, `task_ids`)."""
+"""A task's images as the dict batches `MultiHeadClassifier` takes (`pixel_values`, `labels`, `task_ids`),
+and the validation split carved from a task's training set (what lambda is chosen on)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,19 @@ def batches(
             b["labels"] = y[idx]
         out.append(b)
     return out
+
+
+def validation_split(n: int, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices of a training set of `n` samples: a seeded random `fraction` held
+    out, so that hyper-parameters (lambda) are chosen without ever looking at the test set.
+
+    The same `n`, `fraction` and `seed` give the same split (Permuted MNIST's tasks, which permute
+    the same images, hold out the same ones). `fraction` 0 holds out nothing.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    k = round(n * fraction)
+    if fraction > 0 and not 0 < k < n:
+        raise ValueError(f"validation fraction {fraction} of {n} samples leaves an empty split")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[k:].sort().values, order[:k].sort().values

@@ -13,6 +13,9 @@ own (task-incremental, MAS Sec. 5.1) unless `head` names a shared one (`head: 0`
 single-head, domain-incremental Permuted MNIST). Omega is estimated on the task's training images
 (`importance: train`), its test images (`test`: unlabeled data met at deployment, MAS Table 3) or
 both, optionally on some classes only (`importance_classes`: the adaptation test of MAS Sec. 5.1).
+`validation: 0.1` holds out a seeded 10% of the task's training images (`validation_seed`), never
+trained on nor used for Omega, and reports their accuracy as the metric `val_accuracy`: what lambda
+is chosen on (`masllm.continual.selection`), so the test images never feed that choice.
 
 The model (`model_config`) is `MultiHeadClassifier` with a backbone from `models.build_backbone`
 (`backbone: mlp | vit | resnet | convnext` plus that backbone's config), or, with
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,7 @@ from transformers import default_data_collator
 
 from ...registry import did_you_mean
 from ..base import Task, TaskSequence, check_config_keys, config_from_dict
-from .data import TaskDataset
+from .data import TaskDataset, validation_split
 from .mnist import load_idx_dataset, permutation, to_float
 from .models import HF_BACKBONES, MLPBackbone, MultiHeadClassifier, build_backbone
 
@@ -57,6 +61,8 @@ class VisionTaskConfig:
     max_train: int | None = None
     max_eval: int | None = None
     max_importance: int | None = None
+    validation: float = 0.0
+    validation_seed: int = 0
     checksums: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +75,10 @@ class VisionTaskConfig:
             raise ValueError(f"Task {self.name!r}: importance must be one of {IMPORTANCE_SOURCES}")
         if self.format == "imagefolder" and self.permutation_seed is not None:
             raise ValueError(f"Task {self.name!r}: permutation_seed applies to idx (MNIST) data only")
+        if not 0.0 <= self.validation < 1.0:
+            raise ValueError(
+                f"Task {self.name!r}: validation must be a fraction in [0, 1), got {self.validation}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VisionTaskConfig:
@@ -112,7 +122,8 @@ def _first(n: int | None, length: int) -> list[int]:
 
 
 def _idx_sets(cfg: VisionTaskConfig, cache: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Train and test (x, y) of an idx task: class subset renumbered, pixels permuted if asked."""
+    """Train, validation (held out of train) and test (x, y) of an idx task: class subset
+    renumbered, pixels permuted if asked."""
     key = str(Path(cfg.source).resolve())
     if key not in cache:
         cache[key] = load_idx_dataset(cfg.source, cfg.checksums)
@@ -127,6 +138,9 @@ def _idx_sets(cfg: VisionTaskConfig, cache: dict[str, Any]) -> dict[str, tuple[t
             remap[cfg.classes] = torch.arange(len(cfg.classes))
             x, y = x[keep], remap[y[keep]]
         out[split] = (x[:, perm] if perm is not None else x, y)
+    keep, held = validation_split(len(out["train"][1]), cfg.validation, cfg.validation_seed)
+    x, y = out["train"]
+    out["train"], out["validation"] = (x[keep], y[keep]), (x[held], y[held])
     return out
 
 
@@ -145,13 +159,14 @@ def _build_idx_task(cfg: VisionTaskConfig, head: int, cache: dict) -> tuple[Task
     sets = _idx_sets(cfg, cache)
     (xtr, ytr), (xte, yte) = sets["train"], sets["test"]
     ntr, nte = len(_first(cfg.max_train, len(xtr))), len(_first(cfg.max_eval, len(xte)))
+    xva, yva = sets["validation"]
     task = Task(
         name=cfg.name,
         train_dataset=TaskDataset(xtr[:ntr], ytr[:ntr], head),
         importance_dataset=_importance_idx(cfg, sets, head),
         eval_dataset=TaskDataset(xte[:nte], yte[:nte], head),
         data_collator=default_data_collator,
-        evaluate=evaluate_accuracy,
+        evaluate=partial(evaluate_accuracy, validation=TaskDataset(xva, yva, head) if len(yva) else None),
         training_overrides=cfg.training,
     )
     return task, int(ytr.max()) + 1
@@ -159,8 +174,10 @@ def _build_idx_task(cfg: VisionTaskConfig, head: int, cache: dict) -> tuple[Task
 
 def _build_folder_task(cfg: VisionTaskConfig, head: int, image_size: int) -> tuple[Task, int]:
     root = Path(cfg.source)
-    train = ImageFolderSplit(root / "train", image_size)
-    test = ImageFolderSplit(root / "test", image_size, train.class_names)
+    images = ImageFolderSplit(root / "train", image_size)
+    test = ImageFolderSplit(root / "test", image_size, images.class_names)
+    keep, held = validation_split(len(images), cfg.validation, cfg.validation_seed)
+    train = _LabeledSubset(images, keep)
     pools = {"train": [train], "test": [test], "train+test": [train, test]}[cfg.importance]
     if cfg.importance_classes is not None:
         pools = [
@@ -176,16 +193,31 @@ def _build_folder_task(cfg: VisionTaskConfig, head: int, image_size: int) -> tup
         importance_dataset=TaskDataset(Subset(imp, _first(cfg.max_importance, len(imp))), None, head),
         eval_dataset=TaskDataset(Subset(test, _first(cfg.max_eval, len(test))), True, head),
         data_collator=default_data_collator,
-        evaluate=evaluate_accuracy,
+        evaluate=partial(
+            evaluate_accuracy,
+            validation=TaskDataset(Subset(images, held.tolist()), True, head) if len(held) else None,
+        ),
         training_overrides=cfg.training,
     )
-    return task, len(train.class_names)
+    return task, len(images.class_names)
 
 
-def evaluate_accuracy(trainer: Any, task: Task) -> dict[str, float]:
-    """Top-1 accuracy (%) and mean loss of the task's own head on its eval set, via `Trainer.evaluate`."""
+class _LabeledSubset(Subset):
+    """A `Subset` of an `ImageFolderSplit` that keeps its `labels` (what `importance_classes` picks by)."""
+
+    def __init__(self, dataset: ImageFolderSplit, indices: torch.Tensor):
+        super().__init__(dataset, indices.tolist())
+        self.labels = dataset.labels[indices]
+
+
+def evaluate_accuracy(trainer: Any, task: Task, validation: Dataset | None = None) -> dict[str, float]:
+    """Top-1 accuracy (%) and mean loss of the task's own head on its eval set, via `Trainer.evaluate`;
+    with a validation set, its accuracy too (`val_accuracy`)."""
     out = trainer.evaluate(task.eval_dataset, metric_key_prefix="eval")
-    return {"accuracy": float(out["eval_accuracy"]), "loss": float(out["eval_loss"])}
+    metrics = {"accuracy": float(out["eval_accuracy"]), "loss": float(out["eval_loss"])}
+    if validation is not None:
+        metrics["val_accuracy"] = float(trainer.evaluate(validation, metric_key_prefix="val")["val_accuracy"])
+    return metrics
 
 
 def accuracy_metric(eval_pred: Any) -> dict[str, float]:
@@ -236,6 +268,10 @@ def vision_sequence(model_args: Any, data_args: Any, training_args: Any) -> Task
         tasks.append(task)
     if sorted(head_sizes) != list(range(len(head_sizes))):
         raise ValueError(f"Heads must be numbered 0..n-1, got {sorted(head_sizes)}")
+    validated = {cfg.name for cfg in configs if cfg.validation > 0}
+    if validated and len(validated) != len(configs):
+        missing = [cfg.name for cfg in configs if cfg.name not in validated]
+        raise ValueError(f"Give every task a validation fraction or none: {missing} have none")
 
     def model_init(path: str | None) -> MultiHeadClassifier:
         torch.manual_seed(training_args.seed)
@@ -250,7 +286,7 @@ def vision_sequence(model_args: Any, data_args: Any, training_args: Any) -> Task
     return TaskSequence(
         tasks=tasks,
         model_init=model_init,
-        metrics={"accuracy": True, "loss": False},
+        metrics={"accuracy": True, "loss": False, **({"val_accuracy": True} if validated else {})},
         primary_metric="accuracy",
         trainer_kwargs={"compute_metrics": accuracy_metric},
     )

@@ -1,12 +1,13 @@
 """A lean tensor loop for the benchmarks: whole-tensor batches, the same penalty as `MASTrainer`.
 
 `train_task` trains one task under lambda sum Omega (theta - theta*)^2 (Eq. 3) with
-`masllm.penalty.BoundPenalty` (the object MASTrainer binds); `accuracy` evaluates one head.
+`masllm.penalty.BoundPenalty` (the object MASTrainer binds); `accuracy` evaluates one head, or some
+of its outputs only (`classes`: a task of a shared head answering on its own classes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,14 +18,24 @@ from .data import batches
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, head: int, batch_size: int = 4096) -> float:
-    """Top-1 accuracy (%) of `head` on (x, y), in eval mode."""
+def accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    head: int,
+    batch_size: int = 4096,
+    classes: Sequence[int] | None = None,
+) -> float:
+    """Top-1 accuracy (%) of `head` on (x, y), in eval mode; with `classes`, the argmax is taken over
+    those outputs only (the task's classes masked in, the others out), labels being output indices."""
     was_training = model.training
     model.eval()
-    correct = sum(
-        int((model(b["pixel_values"], task_ids=head).logits.argmax(-1) == b["labels"]).sum())
-        for b in batches(x, y, head, batch_size)
-    )
+    keep = torch.tensor(list(classes)) if classes is not None else None
+    correct = 0
+    for b in batches(x, y, head, batch_size):
+        logits = model(b["pixel_values"], task_ids=head).logits  # (B, C)
+        pred = logits.argmax(-1) if keep is None else keep[logits[:, keep].argmax(-1)]
+        correct += int((pred == b["labels"]).sum())
     model.train(was_training)
     return 100.0 * correct / len(x)
 

@@ -4,7 +4,9 @@
   checked (magic number, dimensions, file length, optional `SHA256SUMS`), so a truncated or
   wrong file fails loudly instead of training on garbage.
 - `split_tasks`: Split MNIST (Zenke et al. 2017; Hsu et al. 2018): 5 tasks of 2 classes each,
-  labels re-indexed 0/1 within a task (one head per task, task-incremental).
+  labels re-indexed 0/1 within a task (one head per task, task-incremental); or, with
+  `shared_head`, one 10-way head for all tasks, labels the digits themselves and each task answering
+  on its own classes at test time (`TaskData.classes`: the masked-output protocol).
 - `permuted_tasks`: Permuted MNIST (Goodfellow et al. 2013): every task applies one fixed pixel
   permutation, each drawn from its own seeded generator (`permutation`, also what the recipe's
   `permutation_seed` uses); task 0 is the identity unless told otherwise. One shared 10-way head
@@ -44,6 +46,7 @@ class TaskData:
     y_test: torch.Tensor
     num_classes: int
     head: int  # index of the classification head (task-incremental) or 0 (single head)
+    classes: tuple[int, ...] | None = None  # the head's outputs the task answers on (None: all)
 
 
 def _read_idx(path: Path, ndim: int) -> torch.Tensor:
@@ -124,8 +127,13 @@ def split_tasks(
     pairs: tuple[tuple[int, ...], ...] = SPLIT_MNIST_PAIRS,
     flatten: bool = True,
     name: str = "split_mnist",
+    shared_head: bool = False,
 ) -> list[TaskData]:
-    """One task per group of classes, labels renumbered 0..k-1 in the given order, one head each."""
+    """One task per group of classes, labels renumbered 0..k-1 in the given order, one head each.
+
+    `shared_head`: every task on head 0 with 10 outputs, labels kept as digits, and `classes` = the
+    task's digits, so that evaluation takes the argmax over the task's own outputs only.
+    """
     seen = [c for group in pairs for c in group]
     if len(set(seen)) != len(seen) or not all(0 <= c <= 9 for c in seen):
         raise ValueError(f"Class groups must be disjoint digits 0..9, got {pairs}")
@@ -135,11 +143,13 @@ def split_tasks(
         for split in ("train", "test"):
             labels = data[f"{split}_labels"].long()
             mask = torch.isin(labels, torch.tensor(group))
-            remap = torch.full((10,), -1, dtype=torch.long)
-            remap[list(group)] = torch.arange(len(group))
+            remap = torch.arange(10) if shared_head else torch.full((10,), -1, dtype=torch.long)
+            if not shared_head:
+                remap[list(group)] = torch.arange(len(group))
             parts[split] = (to_float(data[f"{split}_images"][mask], flatten), remap[labels[mask]])
         label = "-".join(map(str, group))
-        tasks.append(TaskData(f"{name}:{label}", *parts["train"], *parts["test"], len(group), t))
+        shape = (10, 0, tuple(group)) if shared_head else (len(group), t, None)
+        tasks.append(TaskData(f"{name}:{label}", *parts["train"], *parts["test"], *shape))
     return tasks
 
 
