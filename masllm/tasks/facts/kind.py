@@ -116,7 +116,8 @@ def evaluate_map(trainer: Any, task: Task, fact_task: FactTask, validate: bool) 
     def one(x: torch.Tensor, f: torch.Tensor) -> float:
         pred = trainer.predict(TaskDataset(x, f, 0), metric_key_prefix="facts").predictions
         targets = trainer.model.targets.detach().cpu()
-        return retrieval_map(torch.as_tensor(pred), f, targets, fact_task.facts)
+        queries = fact_task.facts[torch.isin(fact_task.facts, f)]  # facts with an image in the split
+        return retrieval_map(torch.as_tensor(pred), f, targets, queries)
 
     out = {"map": one(fact_task.x_test, fact_task.f_test)}
     if validate:
