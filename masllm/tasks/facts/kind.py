@@ -17,6 +17,9 @@ test images) and, with a `validation` fraction, `val_map` (what lambda is chosen
 `model_config`: `backbone` (any of the vision kind's: mlp, vit, resnet, convnext, with its config;
 default an MLP 784-400-400) and `distance` (`squared` / `euclidean`, the loss). Methods that need a
 likelihood over classes are refused (`UNSUPPORTED`): the output is an embedding, not a distribution.
+finetune, mas, mas_vector, lmas, l2, si and mean_imm run unchanged (they need no likelihood); LwF
+runs with its softmax distillation applied to the embedding (its KL is 0 only when the student's
+[S | P | O] equals the teacher's up to a per-sample shift: an approximate embedding distillation).
 """
 
 from __future__ import annotations
