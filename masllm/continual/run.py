@@ -47,6 +47,8 @@ def prepare(argv: list[str] | None = None) -> Prepared:
         if training_args.should_save:
             prepare_output_dir(output_dir, config, runs, action)
     seq = TASK_KINDS[data_args.kind](model_args, data_args, training_args)
+    for method, _ in cl_args.runs():
+        seq.check_method(method)
     return Prepared(seq, cl_args, training_args)
 
 

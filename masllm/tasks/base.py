@@ -45,6 +45,7 @@ class TaskSequence:
     is better; `primary_metric` is the one the printed table leads with. `trainer_kwargs` go to every
     Trainer (e.g. `compute_metrics`). `trainer_class`, when set, builds every step's Trainer (called
     like `MASTrainer`) instead of the method's: the chat kind's MASSFTTrainer with its SFTConfig.
+    `unsupported_methods` maps a method the kind cannot run to why (refused before any training).
     """
 
     tasks: list[Task]
@@ -54,6 +55,7 @@ class TaskSequence:
     processing_class: Any = None
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
     trainer_class: Callable[..., Any] | None = None
+    unsupported_methods: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -63,6 +65,13 @@ class TaskSequence:
             raise ValueError(f"Task names must be unique, got {names}")
         if self.primary_metric not in self.metrics:
             raise ValueError(f"primary_metric {self.primary_metric!r} is not one of {list(self.metrics)}")
+
+    def check_method(self, method: str) -> None:
+        """ValueError when this kind cannot run `method`, saying why."""
+        if method in self.unsupported_methods:
+            raise ValueError(
+                f"Method {method!r} does not fit this task kind: {self.unsupported_methods[method]}"
+            )
 
 
 def evaluate_with_trainer(trainer: Any, task: Task) -> dict[str, float]:
