@@ -6,7 +6,7 @@ Sec. 4.4 uses test-time data), `validation` enters the lambda rule, `test` the r
 A new domain has `train` (its first blocks are also its importance set, as the recipe's default
 `importance: train`), `validation` and `test`. Splits never share a document: the documents are
 shuffled (seeded) and dealt to test, then validation, then the rest, each document cut to
-`max_doc_chars` so that one long file cannot fill a split alone.
+`max_doc_chars` so that one long file cannot fill a split alone. A block is BOS + seq - 1 tokens.
 """
 
 from __future__ import annotations
@@ -52,9 +52,16 @@ def split_blocks(
             batch = [docs[i][:max_doc_chars] for i in order[pos : pos + max(4, n // 2)]]
             pos += len(batch)
             taken += batch
-            blocks = torch.as_tensor(pack(taken, tokenizer, seq), dtype=torch.long)
-        out[split] = blocks[:n]
+            blocks = torch.as_tensor(pack(taken, tokenizer, seq - 1), dtype=torch.long)
+        out[split] = with_bos(blocks[:n], tokenizer)
     return out
+
+
+def with_bos(blocks: torch.Tensor, tokenizer: Any) -> torch.Tensor:
+    """Each block led by the tokenizer's BOS, as the model was pretrained (Gemma without it: Pride and
+    Prejudice perplexity ~360 instead of ~30, and LoRA training at lr 2e-3 diverged)."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return torch.cat([torch.full((len(blocks), 1), bos, dtype=torch.long), blocks], dim=1)
 
 
 def domain_documents(spec: dict[str, Any]) -> list[str]:

@@ -15,8 +15,8 @@ Methods come from the library's method table (masllm.continual.methods, the reci
 names) through `ContinualArguments.run_config`; `mas_hidden` is `mas` with F = the last hidden
 states (MASConfig.output). Training is the library's MASTrainer (or the method's trainer: LwF),
 Omega is `compute_importance`, merged by the method's rule. After each domain the bench measures
-test perplexity on the domains learnt so far and on general text; at the end validation perplexity
-on all of them. Each run is written to <out>/runs/<name>.json as soon as it ends (a rerun skips
+test perplexity on that domain; at the end test and validation perplexity on every domain and on
+general text. Each run is written to <out>/runs/<name>.json as soon as it ends (a rerun skips
 finished runs); then the front (bench/pretrained_front.py), lambda chosen per method on validation
 data only (masllm.continual.selection), front.md, front.json and front.png.
 
@@ -77,7 +77,10 @@ def run_configs(methods: str, strengths: str) -> list[RunConfig]:
             run.name = name if s is None else f"{name}-lambda{s:g}"
             run.method = name
             runs.append(run)
-    return runs
+    # the middle strengths first, then the weaker, then the stronger: a cut-off run still has every method
+    index = [sum(q.method == r.method for q in runs[:i]) for i, r in enumerate(runs)]  # within its method
+    key = [-2 if r.strength is None else {0: 0, 1: -1, 2: 1}.get(j, j) for r, j in zip(runs, index)]
+    return [runs[i] for i in sorted(range(len(runs)), key=lambda i: (key[i], i))]
 
 
 def load_model(model: str, peft: dict | None, seed: int) -> tuple[Any, Any]:
@@ -135,11 +138,9 @@ def train_domain(model: Any, run: RunConfig, omega: Omega | None, blocks: torch.
 
 def task0_omega(model: Any, run: RunConfig, blocks: torch.Tensor, a: Any) -> Omega | None:
     """Omega of the pretrained model on unlabeled general text, cached per estimator configuration."""
-    if run.mas is None:
-        return None
+    if run.mas is None or run.wiring.records_training:  # SI records importance while training: none here
+        return None if run.mas is None else Omega(config=run.mas)
     omega = Omega(config=run.mas)
-    if run.wiring.records_training:  # SI records importance while training: nothing for task 0
-        return omega
     spec = {**run.mas.to_dict(), "reg_lambda": None, "model": a.model, "lora": not a.full, "n": len(blocks)}
     spec |= {"seq": a.seq, "seed": a.seed, "ids": hashlib.sha256(blocks.numpy().tobytes()).hexdigest()}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -181,22 +182,22 @@ def run_one(run: RunConfig, model: Any, init: dict, data: dict, domains: list[st
                 )
             )  # fmt: skip
             omega = trainer.omega
-        record["test"][f"after_{d}"] = {
-            t: perplexity(model, data[t]["test"], a.eval_batch) for t in ["general", *domains[: k + 1]]
-        }
+        seen = [d] if k < len(domains) - 1 else ["general", *domains]  # just learnt; at the end: all
+        record["test"][f"after_{d}"] = {t: perplexity(model, data[t]["test"], a.eval_batch) for t in seen}
         print(f"[{run.name}] after {d}: test ppl {record['test'][f'after_{d}']}", flush=True)
     record["validation"] = {
         t: perplexity(model, data[t]["validation"], a.eval_batch) for t in ["general", *domains]
     }
     record["seconds"] = time.perf_counter() - start
+    record["trainable_parameters"] = sum(t.numel() for t in init.values())
     record["train_tokens_per_s"] = len(domains) * a.steps * a.batch * a.seq / train_s
     return record
 
 
 def print_plan(runs: list[RunConfig], k: int, f: float, a: Any) -> None:
     """The plan's estimated time from the measured forward time f of one block: a training step ~1.5
-    forward per sequence, an importance sample ~3 (l2: none), evaluations 2 + 3 + ... + (k + 1) + k + 1 sets."""
-    evals = sum(range(2, k + 2)) + k + 1
+    forward per sequence, an importance sample ~3 (l2: none)."""
+    evals = 3 * k + 1  # test: the domain just learnt; at the end every test and validation set
     per = {r.name: 3 * a.steps * 1.5 * a.batch * f + evals * a.eval_blocks * f for r in runs}
     for r in runs:
         if r.mas is not None and r.mas.method != "l2":
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> str:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--lora", dest="full", action="store_false", help="One LoRA adapter (default).")
     mode.add_argument("--full", dest="full", action="store_true", help="Full fine-tuning.")
+    p.set_defaults(full=False)  # both flags share the dest: without this the first one's default (True) wins
     p.add_argument("--methods", default="finetune,l2,ewc,mas,mas_hidden")
     p.add_argument("--strengths", default="", help="Per method, colon-separated: l2=0.1:1:10,mas=...")
     p.add_argument("--steps", type=int, default=8, help="Optimizer steps per domain.")

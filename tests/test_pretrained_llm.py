@@ -85,8 +85,11 @@ def test_pretrained_llm_bench_small(tmp_path: Path) -> None:
     assert rows["finetune"]["plasticity"] == pytest.approx(1.0)
     records = {n: json.loads((out / "runs" / f"{n}.json").read_text()) for n in names}
     pre = json.loads((out / "pretrained.json").read_text())
+    lora = 2 * (4 * (32 + 96) + 4 * (32 + 128))  # 2 layers, r = 4 on c_attn (32 -> 96) and c_fc (32 -> 128)
     for n, r in records.items():  # the front's numbers from the records, recomputed here
+        assert r["trainable_parameters"] == lora  # the adapter only (--lora is the default)
         assert set(r["test"]) == {"after_python", "after_licenses"}
+        assert set(r["test"]["after_python"]) == {"python"}
         assert set(r["test"]["after_licenses"]) == {"general", "python", "licenses"}
         assert rows[n]["general_forgetting"] == pytest.approx(
             r["test"]["after_licenses"]["general"] / pre["test:general"] - 1
