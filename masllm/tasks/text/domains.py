@@ -8,6 +8,8 @@ Sources:
 - `builtin:python_stdlib` (the standard library's own source code), `builtin:python_docs` (the
   reference documentation text in `pydoc_data/topics.py`), `builtin:package_licenses` (license
   texts of the installed packages, deduplicated): real text every Python install carries;
+  `builtin:man_pages` (the English manual pages of a Debian-like system, roff source, sections
+  1-8 of /usr/share/man): a text domain the operating system carries;
 - a local file or folder (`.txt .md .py .rst` one document per file, `.json .jsonl .parquet .csv`
   with a `text_field`);
 - a `datasets` hub name (with `subset`, `streaming`).
@@ -15,6 +17,7 @@ Sources:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.metadata
 import random
@@ -114,10 +117,30 @@ def _package_licenses() -> list[str]:
     return docs
 
 
+MAN_ROOT = Path("/usr/share/man")
+
+
+def _man_pages() -> list[str]:
+    """The English manual pages (roff source, one document per page; `.so` redirects left out)."""
+    docs = []
+    for f in sorted(MAN_ROOT.glob("man[1-8]/*")):
+        try:
+            raw = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError, gzip.BadGzipFile):
+            continue
+        if text.strip() and not text.lstrip().startswith(".so "):
+            docs.append(text)
+    if not docs:
+        raise FileNotFoundError(f"builtin:man_pages: no manual pages under {MAN_ROOT}/man[1-8]")
+    return docs
+
+
 BUILTIN_SOURCES: dict[str, Callable[[], list[str]]] = {
     "python_stdlib": _stdlib_source,
     "python_docs": _python_docs,
     "package_licenses": _package_licenses,
+    "man_pages": _man_pages,
 }
 
 
