@@ -85,6 +85,10 @@ class FactTaskConfig:
             raise ValueError(f"Task {self.name!r}: group {self.group} outside 0..{self.num_groups - 1}")
         if self.importance_subjects is not None and not set(self.importance_subjects) <= set(range(10)):
             raise ValueError(f"Task {self.name!r}: importance_subjects are digits 0..9")
+        if not 0.0 <= self.validation < 1.0:
+            raise ValueError(
+                f"Task {self.name!r}: validation must be a fraction in [0, 1), got {self.validation}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FactTaskConfig:
