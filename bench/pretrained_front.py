@@ -19,7 +19,10 @@ Test numbers never enter the rule.
 from __future__ import annotations
 
 import math
+import re
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from masllm.continual.selection import Selection, select_lambda
@@ -118,3 +121,31 @@ def plot(rows: list[dict[str, Any]], chosen: Mapping[str, Selection], path: Any)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def omega_shares(directory: Path) -> dict[str, dict[str, float]]:
+    """Where an Omega's mass lies: share of the total per module kind (q_proj, ..., lora_A / lora_B)
+    and per third of the layers, read from a saved `mas_omega.safetensors`."""
+    from safetensors.torch import load_file
+
+    omega = load_file(str(directory / "mas_omega.safetensors"))
+    total = sum(float(t.double().sum()) for t in omega.values())
+    layers = [int(m.group(1)) for n in omega if (m := re.search(r"layers\.(\d+)\.", n))]
+    depth = max(layers) + 1 if layers else 1
+    shares: dict[str, dict[str, float]] = {"module": {}, "lora": {}, "depth": {}}
+    for name, t in omega.items():
+        share = float(t.double().sum()) / total
+        module = next((p for p in name.split(".") if p.endswith("_proj")), "other")
+        lora = "lora_A" if "lora_A" in name else "lora_B" if "lora_B" in name else "base"
+        m = re.search(r"layers\.(\d+)\.", name)
+        third = ["first third", "middle third", "last third"][3 * int(m.group(1)) // depth] if m else "other"
+        for kind, key in (("module", module), ("lora", lora), ("depth", third)):
+            shares[kind][key] = shares[kind].get(key, 0.0) + share
+    return shares
+
+
+if __name__ == "__main__":  # python bench/pretrained_front.py <out>/cache: each cached task-0 Omega
+    for d in sorted(Path(sys.argv[1]).glob("omega0-*")):
+        print(d.name)
+        for kind, s in omega_shares(d).items():
+            print(f"  {kind}: " + ", ".join(f"{k} {v:.1%}" for k, v in sorted(s.items())))

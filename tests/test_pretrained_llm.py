@@ -104,6 +104,12 @@ def test_pretrained_llm_bench_small(tmp_path: Path) -> None:
         )
     assert rows["l2-lambda100"]["plasticity"] != pytest.approx(1.0)  # the penalty acted
 
+    # where Omega lies: L2's Omega is 1 everywhere, so each share is a share of the adapter's parameters
+    (l2_omega,) = (out / "cache").glob("omega0-l2-*")
+    shares = __import__("pretrained_front").omega_shares(l2_omega)["lora"]
+    assert shares["lora_A"] == pytest.approx(2 * 2 * 4 * 32 / lora)
+    assert shares["lora_B"] == pytest.approx(2 * 4 * (96 + 128) / lora)
+
     # the rule: an independent argmin of the mean final validation perplexity (general + domains)
     tasks = ["general", "python", "licenses"]
     for method, lams in (("l2", (0.01, 100.0)), ("mas", (0.001, 1.0))):
