@@ -3,7 +3,8 @@
 From the run records (`runs/<name>.json`) and the pretrained model's record:
 
 - plasticity (x): mean over the new domains k of test perplexity on k right after learning k,
-  relative to finetune's (1.0 = as plastic as finetune; higher = learnt less);
+  relative to finetune's (1.0 = as plastic as finetune; higher = learnt less); also relative to the
+  pretrained model's (below 1: the domain was learnt at all);
 - general forgetting (y1): test perplexity on general text (never trained on) at the end of the
   sequence, relative to the pretrained model's, minus 1;
 - domain forgetting (y2): mean over the earlier domains (all but the last) of test perplexity at
@@ -66,6 +67,8 @@ def front(
                 "strength": r["strength"],
                 "plasticity": sum(rel) / len(rel) if rel else math.nan,
                 "plasticity_per_domain": rel,
+                "vs_pretrained": sum(v / pretrained[f"test:{d}"] for v, d in zip(learnt, domains))
+                / len(domains),
                 "general_forgetting": test[last]["general"] / pretrained["test:general"] - 1,
                 "domain_forgetting": sum(test[last][d] / test[f"after_{d}"][d] - 1 for d in domains[:-1])
                 / max(1, len(domains) - 1),
@@ -79,15 +82,16 @@ def front(
 def table(rows: list[dict[str, Any]], chosen: Mapping[str, Selection], domains: list[str]) -> str:
     """A markdown table of the front, the validation rule's choice marked with *."""
     head = (
-        "| run | new-domain ppl vs finetune (mean) | per domain | general-text forgetting "
-        "| earlier-domain forgetting | val ACC (ppl) | s |\n|---|---|---|---|---|---|---|\n"
+        "| run | new-domain ppl vs finetune (mean) | per domain | vs pretrained | general-text forgetting "
+        "| earlier-domain forgetting | val ACC (ppl) | s |\n|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         mark = " *" if r["method"] in chosen and chosen[r["method"]].chosen == r["strength"] else ""
         per = " ".join(f"{v:.3f}" for v in r["plasticity_per_domain"] or [])
         lines.append(
-            f"| {r['name']}{mark} | {r['plasticity']:.3f} | {per} | {r['general_forgetting']:+.1%} "
+            f"| {r['name']}{mark} | {r['plasticity']:.3f} | {per} | {r['vs_pretrained']:.3f} "
+            f"| {r['general_forgetting']:+.1%} "
             f"| {r['domain_forgetting']:+.1%} | {r['val_acc']:.3f} | {r['seconds']:.0f} |"
         )
     return head + "\n".join(lines) + f"\n\n(per domain: {', '.join(domains)}; * = chosen on validation)\n"

@@ -99,6 +99,8 @@ def test_pretrained_llm_bench_small(tmp_path: Path) -> None:
             for d in ("python", "licenses")
         ]
         assert rows[n]["plasticity"] == pytest.approx(sum(rel) / 2)
+        learnt = [r["test"][f"after_{d}"][d] / pre[f"test:{d}"] for d in ("python", "licenses")]
+        assert rows[n]["vs_pretrained"] == pytest.approx(sum(learnt) / 2)
         assert rows[n]["domain_forgetting"] == pytest.approx(
             r["test"]["after_licenses"]["python"] / r["test"]["after_python"]["python"] - 1
         )
