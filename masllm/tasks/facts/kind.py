@@ -25,6 +25,7 @@ runs with its softmax distillation applied to the embedding (its KL is 0 only wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,13 @@ from transformers import default_data_collator
 
 from ..base import Task, TaskSequence, config_from_dict
 from ..vision.data import TaskDataset
-from ..vision.kind import check_backbone_config
+from ..vision.kind import check_backbone_config, check_image_task
 from ..vision.models import build_backbone
 from .data import DIGITS, ITEMS, RELATIONS, FactsSpec, all_facts, fact_groups, load_facts
 from .embeddings import DEFAULT_CACHE, fact_embeddings, unit_embeddings
-from .metrics import retrieval_map
 from .model import FactEmbeddingModel
-from .tasks import FactTask, make_tasks
+from .tasks import FactTask, facts_map, make_tasks
 
-IMPORTANCE_SOURCES = ("train", "test", "train+test")
 _LIKELIHOOD = (
     "its Fisher is of log softmax(output), a likelihood over classes; the facts model outputs an "
     "embedding [S | P | O], which is no distribution"
@@ -79,16 +78,11 @@ class FactTaskConfig:
     num_groups: int = 4
 
     def __post_init__(self) -> None:
-        if self.importance not in IMPORTANCE_SOURCES:
-            raise ValueError(f"Task {self.name!r}: importance must be one of {IMPORTANCE_SOURCES}")
+        check_image_task(self.name, self.importance, self.validation)
         if not 0 <= self.group < self.num_groups:
             raise ValueError(f"Task {self.name!r}: group {self.group} outside 0..{self.num_groups - 1}")
         if self.importance_subjects is not None and not set(self.importance_subjects) <= set(range(10)):
             raise ValueError(f"Task {self.name!r}: importance_subjects are digits 0..9")
-        if not 0.0 <= self.validation < 1.0:
-            raise ValueError(
-                f"Task {self.name!r}: validation must be a fraction in [0, 1), got {self.validation}"
-            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FactTaskConfig:
@@ -122,9 +116,7 @@ def evaluate_map(trainer: Any, task: Task, fact_task: FactTask, validate: bool) 
 
     def one(x: torch.Tensor, f: torch.Tensor) -> float:
         pred = trainer.predict(TaskDataset(x, f, 0), metric_key_prefix="facts").predictions
-        targets = trainer.model.targets.detach().cpu()
-        queries = fact_task.facts[torch.isin(fact_task.facts, f)]  # facts with an image in the split
-        return retrieval_map(torch.as_tensor(pred), f, targets, queries)
+        return facts_map(torch.as_tensor(pred), f, trainer.model.targets.detach().cpu(), fact_task.facts)
 
     out = {"map": one(fact_task.x_test, fact_task.f_test)}
     if validate:
@@ -163,9 +155,9 @@ def facts_sequence(model_args: Any, data_args: Any, training_args: Any) -> TaskS
             importance_dataset=_importance(cfg, t),
             eval_dataset=TaskDataset(t.x_test, t.f_test, 0),
             data_collator=default_data_collator,
+            evaluate=partial(evaluate_map, fact_task=t, validate=validated == {True}),
             training_overrides=cfg.training,
         )
-        task.evaluate = lambda trainer, task, t=t: evaluate_map(trainer, task, t, validated == {True})
         tasks.append(task)
 
     def model_init(path: str | None) -> FactEmbeddingModel:

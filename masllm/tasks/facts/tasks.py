@@ -71,12 +71,17 @@ def task_map(
     With a subset, the images are those of the subset's facts only (retrieval within the subset).
     Facts without an image in the split (possible in a random validation split) are no query."""
     x, f = (task.x_test, task.f_test) if split == "test" else (task.x_val, task.f_val)
-    queries = task.facts if facts is None else facts
     if facts is not None:
         keep = torch.isin(f, facts)
         x, f = x[keep], f[keep]
-    queries = queries[torch.isin(queries, f)]
-    return retrieval_map(embed_all(model, x), f, model.targets, queries)
+    return facts_map(embed_all(model, x), f, model.targets, task.facts if facts is None else facts)
+
+
+def facts_map(
+    embeddings: torch.Tensor, image_facts: torch.Tensor, targets: torch.Tensor, facts: torch.Tensor
+) -> float:
+    """Retrieval MAP of `facts` over these images; a fact with no image among them is no query."""
+    return retrieval_map(embeddings, image_facts, targets, facts[torch.isin(facts, image_facts)])
 
 
 def overall_map(model: nn.Module, tasks: list[FactTask]) -> float:

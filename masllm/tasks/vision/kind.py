@@ -46,6 +46,15 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMPORTANCE_SOURCES = ("train", "test", "train+test")
 
 
+def check_image_task(name: str, importance: str, validation: float) -> None:
+    """The fields every image task config has (vision and facts kinds), checked before any data is
+    read: where Omega is estimated, and the validation fraction held out of the training images."""
+    if importance not in IMPORTANCE_SOURCES:
+        raise ValueError(f"Task {name!r}: importance must be one of {IMPORTANCE_SOURCES}")
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"Task {name!r}: validation must be a fraction in [0, 1), got {validation}")
+
+
 @dataclass
 class VisionTaskConfig:
     """One image classification task of a sequence."""
@@ -71,14 +80,9 @@ class VisionTaskConfig:
             raise ValueError(
                 f"Task {self.name!r}: format must be 'idx' or 'imagefolder', got {self.format!r}"
             )
-        if self.importance not in IMPORTANCE_SOURCES:
-            raise ValueError(f"Task {self.name!r}: importance must be one of {IMPORTANCE_SOURCES}")
+        check_image_task(self.name, self.importance, self.validation)
         if self.format == "imagefolder" and self.permutation_seed is not None:
             raise ValueError(f"Task {self.name!r}: permutation_seed applies to idx (MNIST) data only")
-        if not 0.0 <= self.validation < 1.0:
-            raise ValueError(
-                f"Task {self.name!r}: validation must be a fraction in [0, 1), got {self.validation}"
-            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VisionTaskConfig:
