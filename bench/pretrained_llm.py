@@ -16,8 +16,8 @@ names) through `ContinualArguments.run_config`; `mas_hidden` is `mas` with F = t
 states (MASConfig.output). Training is the library's MASTrainer (or the method's trainer: LwF),
 Omega is `compute_importance`, merged by the method's rule. After each domain the bench measures
 test perplexity on that domain; at the end test and validation perplexity on every domain and on
-general text. Each run is written to <out>/runs/<name>.json as soon as it ends (a rerun skips
-finished runs); then the front (bench/pretrained_front.py), lambda chosen per method on validation
+general text. Each run is written to <out>/runs/<name>.json as soon as it ends (a rerun with the
+same settings, recorded in <out>/run_manifest.json, skips finished runs; one with others is refused); then the front (bench/pretrained_front.py), lambda chosen per method on validation
 data only (masllm.continual.selection), front.md, front.json and front.png.
 
 The wider sweep is the same command with other flags, e.g. on a GPU:
@@ -49,6 +49,7 @@ from pretrained_front import front, plot, select, table  # noqa: E402
 
 from masllm import Omega, compute_importance  # noqa: E402
 from masllm.continual.arguments import ContinualArguments, RunConfig  # noqa: E402
+from masllm.continual.manifest import check_output_dir, prepare_output_dir  # noqa: E402
 from masllm.omega.io import atomic_write_text  # noqa: E402
 from masllm.tasks.text.kind import causal_lm_collator, token_statistics  # noqa: E402
 from masllm.tasks.text.model import load_causal_lm  # noqa: E402
@@ -259,6 +260,11 @@ def main(argv: list[str] | None = None) -> str:
         a.model = str(gemma_dir())
     a.lr = a.lr if a.lr is not None else float(config["learning_rate"])
     out = Path(a.out)
+    # what shapes the results, recorded as the recipe does (run_manifest.json): finished runs are
+    # reused only under the same settings, a rerun with others is refused before any work
+    settings = {"bench": {k: v for k, v in vars(a).items() if k not in ("methods", "strengths", "out")}}
+    settings["config"] = config
+    prepare_output_dir(out, settings, [], check_output_dir(out, settings, [], overwrite=False))
     (out / "runs").mkdir(parents=True, exist_ok=True)
     runs = run_configs(a.methods, a.strengths)
     domains = [d["name"] for d in config["domains"]]

@@ -69,6 +69,8 @@ def test_pretrained_llm_bench_small(tmp_path: Path) -> None:
     argv += ["--steps", "3", "--seq", "32", "--eval_blocks", "3", "--importance_blocks", "2"]
     argv += ["--general_importance_blocks", "3", "--lr", "0.01"]
     text = bench.main(argv)
+    with pytest.raises(ValueError, match=r"bench\.steps: 3 -> 4"):  # finished runs are never mixed in
+        bench.main([*argv, "--steps", "4"])
 
     names = [
         "finetune",
