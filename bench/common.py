@@ -1,15 +1,18 @@
 """Shared by the benchmarks: a GPT-2-shaped model of ~25M parameters and interleaved timing.
 
 These machines are noisy, so variants are never timed one after the other: each round times every
-variant once, in turn, and the median over rounds is reported, as a ratio to the baseline measured
-in the same rounds.
+variant once, in turn; a variant's ratio to the baseline is the median over rounds of its time over
+the baseline's time *in the same round* (neighbours in time share the machine's load).
+Peak memory is the allocator's own high-water mark: `torch.cuda.max_memory_allocated` on a GPU,
+the same quantity on CPU from the profiler's allocation records (resident-set figures follow
+glibc's heap and mmap policy more than the tensors a variant holds).
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
+import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +32,8 @@ def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def interleaved(variants: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each variant, timed round-robin."""
+def timings(variants: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call of each variant, timed round-robin after `warmup` untimed rounds."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
@@ -40,7 +43,18 @@ def interleaved(variants: dict[str, Callable[[], None]], rounds: int, warmup: in
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved(variants: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each variant, timed round-robin."""
+    return {k: statistics.median(v) for k, v in timings(variants, rounds, warmup).items()}
+
+
+def paired_ratios(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
+    """Median over rounds of each variant's time over the baseline's in the same round."""
+    base = times[baseline]
+    return {k: statistics.median(t / b for t, b in zip(v, base)) for k, v in times.items()}
 
 
 def print_table(
@@ -53,31 +67,31 @@ def print_table(
         print(f"{name:<34} {t:>10.4f} {t / medians[baseline]:>14.3f}   {targets.get(name, '')}")
 
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {key}")
-
-
-def peak_extra_bytes(fn: Callable[[], None], repeats: int = 3) -> int:
-    """Peak resident memory `fn` adds on top of what is resident when it starts (CPU, Linux), the
-    smallest over `repeats` calls after a warm-up: the kernel's high-water mark (VmHWM) is reset
-    before each call (`/proc/self/clear_refs` = 5); glibc is told to mmap every allocation of 64 KiB
-    and more and to return its free pages (`malloc_trim`), so resident memory follows what is live."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 16)  # tensors of 64 KiB+ mmap'ed: freed memory leaves RSS at once
-    fn()
-    best = None
-    for _ in range(repeats):
-        gc.collect()
-        libc.malloc_trim(0)  # hand freed heap pages back, so that reuse shows as new resident memory
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kb("VmRSS")
+def peak_allocated_bytes(fn: Callable[[], None], device: str = "cpu") -> int:
+    """Peak bytes of tensors `fn` allocates on top of those live when it starts (the allocator's
+    high-water mark; CPU: from the profiler's allocation records, which carry the running total)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
         fn()
-        extra = (_status_kb("VmHWM") - base) * 1024
-        best = extra if best is None else min(best, extra)
-    return max(best, 0)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    records = sorted(
+        (e["ts"], e["args"])
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
+    )
+    if not records:
+        return 0
+    first = records[0][1]
+    start = first["Total Allocated"] - first["Bytes"]  # live before fn's first allocation (or free)
+    return max(0, max(a["Total Allocated"] for _, a in records) - start)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 
 import torch
-from common import interleaved, peak_extra_bytes
+from common import paired_ratios, peak_allocated_bytes, timings
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from masllm import MASConfig, compute_importance
@@ -43,8 +44,12 @@ def measure(model, T: int, B: int, rounds: int) -> dict[str, dict[str, float]]:
         "per_batch": lambda: compute_importance(model, batches, MASConfig(abs_mode="per_batch"), show_progress=False),
         "exact": lambda: compute_importance(model, batches, MASConfig(check_per_sample=False), show_progress=False),
     }  # fmt: skip
-    med = interleaved(variants, rounds, warmup=1)
-    return {k: {"seconds": med[k], "peak_bytes": peak_extra_bytes(f, repeats=1)} for k, f in variants.items()}
+    times = timings(variants, rounds, warmup=1)
+    ratio = paired_ratios(times, "forward+backward")
+    return {
+        k: {"seconds": statistics.median(times[k]), "ratio": ratio[k], "peak_bytes": peak_allocated_bytes(f)}
+        for k, f in variants.items()
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -84,8 +89,8 @@ def main(seqs: list[int], sizes: list[int], rounds: int, out: Path) -> None:
             rows.append(r)
             f, p, e = (r[k] for k in ("forward+backward", "per_batch", "exact"))
             mib = " / ".join(f"{v['peak_bytes'] / 2**20:.0f}" for v in (f, p, e))
-            print(f"| {T} | {B} | {T * B} | {f['seconds']:.3f} | {p['seconds']:.3f} ({p['seconds'] / f['seconds']:.2f}) "
-                  f"| {e['seconds']:.3f} ({e['seconds'] / f['seconds']:.2f}) | {mib} |", flush=True)  # fmt: skip
+            print(f"| {T} | {B} | {T * B} | {f['seconds']:.3f} | {p['seconds']:.3f} ({p['ratio']:.2f}) "
+                  f"| {e['seconds']:.3f} ({e['ratio']:.2f}) | {mib} |", flush=True)  # fmt: skip
     print(
         "log-log slope (seconds vs tokens): "
         + ", ".join(f"{v} {slope(rows, v):.2f}" for v in ("forward+backward", "per_batch", "exact"))

@@ -5,8 +5,9 @@ Usage:
         [--rounds 3] [--device cpu|cuda]
 
 For each model, on the same unlabeled batches, seconds per importance pass (median of interleaved
-rounds, as a ratio to the plain pass) and the peak memory each variant adds (resident high-water
-mark on CPU, `torch.cuda.max_memory_allocated` on a GPU):
+rounds; the ratio is the median over rounds of its time over the plain pass's in the same round) and
+the peak tensor memory each variant allocates (`torch.cuda.max_memory_allocated` on a GPU, the same
+high-water mark from the profiler's allocation records on CPU):
 - forward+backward: a plain pass of sum ||F||^2, no hooks (the floor);
 - masllm per_batch: |.| per micro-batch (an approximation: samples cancel);
 - masllm exact: |.| per sample in one backward pass (the default);
@@ -23,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from common import interleaved, num_params, peak_extra_bytes
+from common import num_params, paired_ratios, peak_allocated_bytes, timings
 from torch import nn
 
 from masllm import MASConfig, compute_importance
@@ -240,27 +242,16 @@ def bench_case(case: Case, rounds: int, device: str, skip: set[str]) -> None:
             except Exception as e:  # a peer that cannot run this model: say why, drop it
                 print(f"   {name}: failed ({type(e).__name__}: {str(e)[:120]})")
                 variants.pop(name)
-    medians = interleaved({k: (lambda f=f: f() and None) for k, f in variants.items()}, rounds)
-    base = medians["forward+backward"]
-    mem = {name: peak(fn, device) for name, fn in variants.items()}
+    times = timings({k: (lambda f=f: f() and None) for k, f in variants.items()}, rounds)
+    ratio = paired_ratios(times, "forward+backward")
+    mem = {name: peak_allocated_bytes(fn, device) for name, fn in variants.items()}
     print(
         f"{'variant':<28} {'median s':>9} {'x fwd+bwd':>10} {'peak MiB':>9} {'x fwd+bwd':>10} {'rel. diff':>10}"
     )
-    for name, t in medians.items():
+    for name, ts in times.items():
         d = f"{errors[name]:.1e}" if name in errors else ""
-        print(f"{name:<28} {t:>9.3f} {t / base:>10.3f} {mem[name] / 2**20:>9.1f} "
+        print(f"{name:<28} {statistics.median(ts):>9.3f} {ratio[name]:>10.3f} {mem[name] / 2**20:>9.1f} "
               f"{mem[name] / max(mem['forward+backward'], 1):>10.2f} {d:>10}")  # fmt: skip
-
-
-def peak(fn: Callable, device: str) -> int:
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - start
-    return peak_extra_bytes(fn, repeats=1)
 
 
 def main(models: list[str], rounds: int, device: str, skip: set[str]) -> None:

@@ -11,7 +11,8 @@ Three optimizer steps on the same GPT-2-shaped model (~25M parameters, CPU, Adam
   to the loss, so autograd builds and back-propagates through it.
 Target: masllm <= 1.03x plain.
 
-Then the peak memory the penalty step itself adds (resident high-water mark, CPU): masllm's
+Then the peak memory the penalty step itself adds (tensor bytes allocated at its high-water mark,
+from the profiler's allocation records on CPU): masllm's
 chunked foreach ops against the same two passes on whole tensors (a full parameter-sized
 temporary theta - theta*). Target: <= 1/8 of the parameter bytes.
 """
@@ -22,7 +23,7 @@ import argparse
 import tempfile
 
 import torch
-from common import gpt2_25m, interleaved, num_params, peak_extra_bytes, print_table
+from common import gpt2_25m, interleaved, num_params, peak_allocated_bytes, print_table
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
@@ -97,7 +98,7 @@ def penalty_memory(model, omega: Omega) -> None:
         "masllm (chunked foreach)": lambda: add_penalty_grad_(theta, grads, omegas, anchors, 1.0),
         "whole-tensor foreach": whole,
     }.items():
-        extra = peak_extra_bytes(fn)
+        extra = peak_allocated_bytes(fn)
         print(
             f"{name:<34} {extra / 2**20:>8.1f} MiB = {extra / param_bytes:.3f} x parameter bytes   target <= 0.125"
         )

@@ -64,6 +64,22 @@ def test_exact_omega_equals_per_sample_loop(case):
     assert omega.tasks == [{"name": "task", "num_samples": len(split_samples(data)), "method": "mas"}]
 
 
+@pytest.mark.parametrize("case", ["gpt2_padded", "gemma3_padded", "mlp"])
+def test_exact_omega_with_row_tiles(case, monkeypatch):
+    """Weight-sized per-sample products formed a few rows at a time (as a large output layer's
+    are): tiles that do not divide the rows, and a tied weight's kept rows cut across tiles."""
+    from masllm.importance import layers
+
+    monkeypatch.setattr(layers, "TILE_ELEMENTS", 40)  # 1-5 rows of these tiny layers per tile
+    make_model, make_data = CASES[case]
+    model, data = make_model(), make_data()
+    ref = brute_force_omega(model, split_samples(data))
+    batches = lm_batches(data, 4) if isinstance(data, dict) else list(data.split(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert_close(compute_importance(model, batches, MASConfig(), show_progress=False), ref)
+
+
 def test_untied_gpt2_and_hidden_state_output():
     model, data = tiny_gpt2(tie=False), padded_lm_batch(n=4)
     omega = compute_importance(model, [data], MASConfig(), show_progress=False)

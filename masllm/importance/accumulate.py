@@ -107,7 +107,7 @@ def accumulate_per_sample(
             ctx.progress(seg.num_samples)
     finally:
         hooks.remove()
-    return ImportanceSums(ctx.read_grads(), n_samples, n_batches, notes)
+    return ImportanceSums(ctx.take_grads(), n_samples, n_batches, notes)
 
 
 def accumulate_per_batch(
@@ -125,7 +125,7 @@ def accumulate_per_batch(
             ctx.progress(seg.num_samples)
     finally:
         hooks.remove()
-    return ImportanceSums(ctx.read_grads(), n_samples, n_batches)
+    return ImportanceSums(ctx.take_grads(), n_samples, n_batches)
 
 
 def count_only(ctx: ImportanceContext, batches: Iterable[Batch]) -> tuple[int, int]:

@@ -65,12 +65,27 @@ class ImportanceContext:
         """Accumulated gradients (zeros for parameters no sample reached); under ZeRO, local slices."""
         if self.engine is not None:
             return self.engine.read()
+        return {n: self.read_grads_of(n, p) for n, p in self.params.items()}
+
+    def take_grads(self) -> dict[str, torch.Tensor]:
+        """`read_grads`, handing over the float32 gradients themselves (no copy: a pass over P floats
+        saved, the size of a weight gradient) and leaving `p.grad` empty: for the last read."""
+        if self.engine is not None or self.low_precision_sums:
+            out = self.read_grads()
+            self.zero_grads()
+            return out
         out = {}
         for n, p in self.params.items():
-            total = self.low_precision_sums.get(n)
-            total = total.clone() if total is not None else torch.zeros_like(p, dtype=torch.float32)
-            out[n] = total.add_(p.grad.detach().float()) if p.grad is not None else total
+            g = p.grad
+            ours = g is not None and g.dtype == torch.float32 and g.is_contiguous() and not g._is_view()
+            out[n] = g.detach() if ours else self.read_grads_of(n, p)
+            p.grad = None
         return out
+
+    def read_grads_of(self, n: str, p: nn.Parameter) -> torch.Tensor:
+        total = self.low_precision_sums.get(n)
+        total = total.clone() if total is not None else torch.zeros_like(p, dtype=torch.float32)
+        return total.add_(p.grad.detach().float()) if p.grad is not None else total
 
     def zero_grads(self) -> None:
         if self.engine is not None:

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.pytorch_utils import Conv1D
 
-from .layers import PerSampleMismatch, Transform, _conv1d, _embedding, _linear
+from .layers import PerSampleMismatch, Transform, _conv1d, _embedding, _linear, accumulate_transformed
 from .segments import Segments
 
 
@@ -134,14 +134,20 @@ class _Layer:
     def _tied_dense(self, form: Any, fn: Transform) -> torch.Tensor:
         """sum_k fn(g_k) over this use, keeping g_k at the rows sample k looked up (for the correction)."""
         seg, ids = self.engine.segments, self.tie["ids"]
-        total, kept = None, []
-        for k in range(seg.num_samples):
-            gk = form.sample(k) if hasattr(form, "sample") else form.g[k][:, None] * form.x[k][None, :]
-            rows = torch.unique(seg.sample(ids, k, feature_dims=0))  # sorted, as the embedding's keys
-            kept.append(gk[rows].float())
-            t = fn(gk)
-            total = t.float() if total is None else total.add_(t)
-        self.tie["kept"] = torch.cat(kept)
+        looked_up = [
+            torch.unique(seg.sample(ids, k, feature_dims=0)) for k in range(seg.num_samples)
+        ]  # sorted
+        kept: list[list[torch.Tensor]] = [[] for _ in looked_up]
+
+        def keep(k: int, r0: int, tile: torch.Tensor) -> None:  # before fn; index copies, not views
+            r = looked_up[k]
+            lo, hi = (
+                int(i) for i in torch.searchsorted(r, torch.tensor([r0, r0 + len(tile)], device=r.device))
+            )
+            kept[k].append(tile[r[lo:hi] - r0].float())
+
+        total = accumulate_transformed(form.rows, seg.num_samples, form.shape, fn, each=keep)
+        self.tie["kept"] = torch.cat([piece for pieces in kept for piece in pieces])
         return total
 
     def embedding_grad(self, ids: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -86,4 +86,4 @@ def vector_importance(ctx: ImportanceContext, batches: Iterable[Batch]) -> Impor
             ctx.progress(seg.num_samples)
     finally:
         hooks.remove()
-    return ImportanceSums(ctx.read_grads(), n_samples, n_batches, notes)
+    return ImportanceSums(ctx.take_grads(), n_samples, n_batches, notes)
