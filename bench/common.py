@@ -10,11 +10,14 @@ glibc's heap and mmap policy more than the tensors a variant holds).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -67,6 +70,20 @@ def print_table(
         print(f"{name:<34} {t:>10.4f} {t / medians[baseline]:>14.3f}   {targets.get(name, '')}")
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: the profiler's C++ side prints two lines per session."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_allocated_bytes(fn: Callable[[], None], device: str = "cpu") -> int:
     """Peak bytes of tensors `fn` allocates on top of those live when it starts (the allocator's
     high-water mark; CPU: from the profiler's allocation records, which carry the running total)."""
@@ -79,8 +96,8 @@ def peak_allocated_bytes(fn: Callable[[], None], device: str = "cpu") -> int:
         return torch.cuda.max_memory_allocated() - start
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()  # (it ran, warnings and all, when it was timed)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "trace.json"
         prof.export_chrome_trace(str(path))
