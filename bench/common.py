@@ -61,13 +61,15 @@ def paired_ratios(times: dict[str, list[float]], baseline: str) -> dict[str, flo
 
 
 def print_table(
-    title: str, medians: dict[str, float], baseline: str, targets: dict[str, str] | None = None
+    title: str, times: dict[str, list[float]], baseline: str, targets: dict[str, str] | None = None
 ) -> None:
+    """Median seconds and the paired ratio to `baseline` of each variant."""
     targets = targets or {}
+    ratios = paired_ratios(times, baseline)
     print(f"\n{title}")
     print(f"{'variant':<34} {'median s':>10} {'x ' + baseline:>14}   target")
-    for name, t in medians.items():
-        print(f"{name:<34} {t:>10.4f} {t / medians[baseline]:>14.3f}   {targets.get(name, '')}")
+    for name, t in times.items():
+        print(f"{name:<34} {statistics.median(t):>10.4f} {ratios[name]:>14.3f}   {targets.get(name, '')}")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Cost of the MAS penalty in a training step, measured side by side in one run.
 
 Usage:
-    OMP_NUM_THREADS=1 python bench/penalty_overhead.py [--rounds 5] [--batch 8] [--seq 128]
+    OMP_NUM_THREADS=1 python bench/penalty_overhead.py [--rounds 15] [--batch 8] [--seq 128]
 
 Three optimizer steps on the same GPT-2-shaped model (~25M parameters, CPU, AdamW), each a real
 `Trainer.training_step` + clip + `optimizer.step`:
@@ -23,7 +23,7 @@ import argparse
 import tempfile
 
 import torch
-from common import gpt2_25m, interleaved, num_params, peak_allocated_bytes, print_table
+from common import gpt2_25m, num_params, peak_allocated_bytes, print_table, timings
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
@@ -127,16 +127,16 @@ def main(rounds: int, batch: int, seq: int) -> None:
         f"GPT-2-shaped model, {num_params(model) / 1e6:.1f}M parameters; batch {batch} x {seq} tokens; "
         f"AdamW, clip 1.0; torch threads 1; {rounds} interleaved rounds"
     )
-    medians = interleaved(variants, rounds)
+    times = timings(variants, rounds)
     print_table(
-        "seconds per optimizer step", medians, "plain Trainer", {"MASTrainer (grad, foreach)": "<= 1.03x"}
+        "seconds per optimizer step", times, "plain Trainer", {"MASTrainer (grad, foreach)": "<= 1.03x"}
     )
     penalty_memory(model, omega)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     a = p.parse_args()
