@@ -189,7 +189,7 @@ def test_recipe_reports_validation_accuracy_and_selects_on_it(tmp_path):
 def test_text_domains_report_validation_perplexity_and_select_on_it(tmp_path):
     """Text domains with a `validation` fraction: val_perplexity in R is the saved model's perplexity
     on the held-out blocks (recomputed here from the logits), lower is better, and the rule picks the
-    lambda of the lowest mean over domains."""
+    lambda of the lowest mean validation NLL over domains."""
     import math
 
     import yaml
@@ -207,6 +207,7 @@ def test_text_domains_report_validation_perplexity_and_select_on_it(tmp_path):
             "--cache_dir", str(tmp_path / "cache"), "--max_steps", "3", "--save_strategy", "no"]  # fmt: skip
     report = recipe.main(argv)
     assert report["metrics"]["val_perplexity"] is False and report["metrics"]["val_nll"] is False
+    assert report["validation_metric"] == "val_nll"
     run = "mas-lambda1000"
     model = GPT2LMHeadModel(GPT2Config(**{k: v for k, v in config["model_config"].items() if k != "model_type"},
                                        vocab_size=config["vocab_size"]))  # fmt: skip
@@ -228,12 +229,10 @@ def test_text_domains_report_validation_perplexity_and_select_on_it(tmp_path):
         with torch.no_grad():
             logits = model(input_ids=ids).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-        assert report["runs"][run]["R"]["val_perplexity"][1][j] == pytest.approx(
-            math.exp(float(nll)), rel=1e-4
-        )
-    sel = select_from_report(report)["mas"]  # the default metric: val_<primary> = val_perplexity
-    scores = {
-        lam: sum(report["runs"][f"mas-lambda{lam:g}"]["R"]["val_perplexity"][1]) / 2 for lam in (0.01, 1000.0)
-    }
+        R = report["runs"][run]["R"]
+        assert R["val_perplexity"][1][j] == pytest.approx(math.exp(float(nll)), rel=1e-4)
+        assert R["val_nll"][1][j] == pytest.approx(float(nll), rel=1e-4)
+    sel = select_from_report(report)["mas"]  # the kind's validation metric: val_nll
+    scores = {lam: sum(report["runs"][f"mas-lambda{lam:g}"]["R"]["val_nll"][1]) / 2 for lam in (0.01, 1000.0)}
     assert sel.scores == pytest.approx(scores) and not sel.higher_is_better
     assert sel.chosen == min(scores, key=lambda lam: (scores[lam], lam))

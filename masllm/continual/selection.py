@@ -3,7 +3,7 @@
 Every candidate strength (lambda, or the strength a method names: `Method.strength`) is run on the
 sequence with a validation set carved from each task's training data (a task's or domain's
 `validation` fraction: the vision and facts kinds' `val_accuracy` / `val_map`, the causal_lm kind's
-`val_perplexity`); R_val[i][j] is then the validation metric of task j after training task i. The rule:
+`val_nll`); R_val[i][j] is then the validation metric of task j after training task i. The rule:
 
     choose the candidate with the best validation ACC (Eq. 6: the mean over tasks of the final
     model's validation metric), averaged over the runs (seeds) given for it; a tie goes to the
@@ -11,7 +11,11 @@ sequence with a validation set carved from each task's training data (a task's o
 
 ACC weighs forgetting (the earlier tasks' final values) and plasticity (the later tasks' values)
 in the metric's own units, so the rule needs no budget of its own; the test sets never enter it.
-For a metric where lower is better (perplexity) the best ACC is the lowest.
+For a metric where lower is better the best ACC is the lowest. Text domains are ranked by their
+mean next-token NLL (log perplexity), not by mean perplexity: domains' perplexities differ by orders
+of magnitude (a small GPT-2: 23 on license texts, 400+ on source code after forgetting), so an
+arithmetic mean of perplexities lets the worst-modelled domain alone decide; the NLL weighs every
+domain's relative change alike.
 
 From the recipe: give every task a `validation` fraction, run the grid with
 `--compare mas=0.1,mas=1,mas=10`, then `python -m masllm.continual.selection <output_dir>/report.json`
@@ -33,8 +37,11 @@ VALIDATION_METRIC = "val_accuracy"  # the vision kind's validation metric in rep
 
 
 def validation_metric(report: Mapping[str, Any]) -> str:
-    """The report's validation counterpart of its primary metric (val_accuracy, val_perplexity, ...)."""
+    """The metric the report's task kind chose lambda on (`validation_metric`: the causal_lm kind's
+    val_nll), else the validation counterpart of its primary metric (val_accuracy, val_map)."""
     metrics = report.get("metrics", {})
+    if report.get("validation_metric") in metrics:
+        return report["validation_metric"]
     primary = f"val_{report.get('primary_metric', '')}"
     if primary in metrics:
         return primary

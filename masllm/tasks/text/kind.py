@@ -52,7 +52,7 @@ def token_metrics(eval_pred: Any) -> dict[str, float]:
 
 def evaluate_text(trainer: Any, task: Task, validation: Any = None) -> dict[str, float]:
     """The eval set's metrics and, with a validation set, its perplexity and NLL (`val_perplexity`,
-    `val_nll`: what lambda is chosen on, `masllm.continual.selection`)."""
+    `val_nll`: lambda is chosen on the mean NLL, `masllm.continual.selection`)."""
     metrics = evaluate_with_trainer(trainer, task)
     if validation is not None:
         prefix = f"val_{task.name}"
@@ -134,6 +134,7 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
             **({"val_perplexity": False, "val_nll": False} if validated else {}),
         },
         primary_metric="perplexity",
+        validation_metric="val_nll" if validated else None,  # why NLL: masllm.continual.selection
         processing_class=tokenizer,
         trainer_kwargs={"compute_metrics": token_metrics, "preprocess_logits_for_metrics": token_statistics},
     )
