@@ -49,15 +49,21 @@ from pathlib import Path
 import yaml
 
 from masllm.continual import main as sequential
+from masllm.continual import select_from_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Path(os.environ.get("MASLLM_TEXT_DATA", ROOT.parent / "shared" / "data" / "text"))
 DEFAULT_METHODS = "finetune,l2=0.002,mas=0.00225"
 
 
-def bench_config(output_dir: str, methods: str, steps: int, first_steps: int) -> dict:
-    """The recipe's YAML content for this benchmark."""
+def bench_config(
+    output_dir: str, methods: str, steps: int, first_steps: int, validation: float = 0.0
+) -> dict:
+    """The recipe's YAML content for this benchmark (`validation`: the fraction of each domain's
+    blocks held out for the lambda rule, up to 64 blocks)."""
     limits = {"max_eval_blocks": 64, "max_importance_blocks": 128}
+    if validation:
+        limits |= {"validation": validation, "max_validation_blocks": 64}
     return {
         "output_dir": output_dir,
         "model_config": {"model_type": "gpt2", "n_embd": 128, "n_layer": 3, "n_head": 4, "n_positions": 128},
@@ -115,8 +121,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--steps", type=int, default=60, help="Training steps per later domain.")
     parser.add_argument("--first_steps", type=int, default=300, help="Training steps on the first domain.")
+    parser.add_argument(
+        "--validation",
+        type=float,
+        default=0.0,
+        help="Hold out this fraction of each domain for validation and choose each method's lambda on it.",
+    )
     args, recipe_flags = parser.parse_known_args(argv)
-    config = bench_config(args.output_dir, args.methods, args.steps, args.first_steps)
+    config = bench_config(args.output_dir, args.methods, args.steps, args.first_steps, args.validation)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     config_path = Path(args.output_dir) / "bench_config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -125,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     report = sequential(["--config", str(config_path), *recipe_flags])
     print(f"\nwall time {time.perf_counter() - start:.0f} s; methods {args.methods}")
     print("\n".join(check_target(report)))
+    if args.validation:
+        for method, sel in select_from_report(report).items():
+            print(f"{method}: lambda {sel.chosen:g} chosen on validation ({sel.table()})")
     return report
 
 

@@ -39,6 +39,10 @@ def test_cut_is_contiguous_and_disjoint():
     assert np.concatenate([parts["train"], parts["heldout"], parts["eval"]]).tolist() == blocks.tolist()
     with pytest.raises(ValueError, match="too few"):
         cut_blocks(blocks[:2], 0.5, 0.5)
+    parts = cut_blocks(blocks, eval_fraction=0.1, heldout_fraction=0.0, validation_fraction=0.15)
+    assert [len(parts[k]) for k in ("train", "heldout", "validation", "eval")] == [15, 0, 3, 2]
+    order = [parts[k] for k in ("train", "validation", "eval")]
+    assert np.concatenate(order).tolist() == blocks.tolist()
 
 
 @pytest.mark.parametrize("layout", ["txt_folder", "jsonl"])

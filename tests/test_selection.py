@@ -184,3 +184,55 @@ def test_recipe_reports_validation_accuracy_and_selects_on_it(tmp_path):
     }
     assert sel.scores == pytest.approx(scores)
     assert sel.chosen == max(scores, key=lambda lam: (scores[lam], -lam))
+
+
+def test_text_domains_report_validation_perplexity_and_select_on_it(tmp_path):
+    """Text domains with a `validation` fraction: val_perplexity in R is the saved model's perplexity
+    on the held-out blocks (recomputed here from the logits), lower is better, and the rule picks the
+    lambda of the lowest mean validation NLL over domains."""
+    import math
+
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    import masllm.continual as recipe
+    from masllm.tasks.text.packing import load_domain
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "recipes" / "configs" / "tiny.yaml").read_text())
+    domains = [{**d, "validation": 0.1, "max_validation_blocks": 8} for d in config["domains"]]
+    argv = ["--config", str(root / "recipes" / "configs" / "tiny.yaml"), "--output_dir", str(tmp_path),
+            "--domains", yaml.safe_dump(domains, default_flow_style=True), "--compare", "mas=0.01,mas=1000",
+            "--cache_dir", str(tmp_path / "cache"), "--max_steps", "3", "--save_strategy", "no"]  # fmt: skip
+    report = recipe.main(argv)
+    assert report["metrics"]["val_perplexity"] is False and report["metrics"]["val_nll"] is False
+    assert report["validation_metric"] == "val_nll"
+    run = "mas-lambda1000"
+    model = GPT2LMHeadModel(GPT2Config(**{k: v for k, v in config["model_config"].items() if k != "model_type"},
+                                       vocab_size=config["vocab_size"]))  # fmt: skip
+    missing, unexpected = model.load_state_dict(
+        load_file(str(tmp_path / run / "1-code" / "model.safetensors")), strict=False
+    )
+    assert set(missing) <= {"lm_head.weight"} and not unexpected  # saved once, as the tied embedding
+    model.tie_weights()
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(next((tmp_path / "cache").glob("tokenizer-*")))
+    for j, d in enumerate(domains):
+        from masllm.tasks.text.domains import DomainConfig
+
+        blocks = load_domain(
+            DomainConfig.from_dict(d), tokenizer, config["block_size"], tmp_path / "cache", 0
+        )
+        ids, train = blocks["validation"][:]["input_ids"], blocks["train"][:]["input_ids"]
+        assert len(ids) == 8 and not set(map(tuple, ids.tolist())) & set(map(tuple, train.tolist()))
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        R = report["runs"][run]["R"]
+        assert R["val_perplexity"][1][j] == pytest.approx(math.exp(float(nll)), rel=1e-4)
+        assert R["val_nll"][1][j] == pytest.approx(float(nll), rel=1e-4)
+    sel = select_from_report(report)["mas"]  # the kind's validation metric: val_nll
+    scores = {lam: sum(report["runs"][f"mas-lambda{lam:g}"]["R"]["val_nll"][1]) / 2 for lam in (0.01, 1000.0)}
+    assert sel.scores == pytest.approx(scores) and not sel.higher_is_better
+    assert sel.chosen == min(scores, key=lambda lam: (scores[lam], lam))

@@ -53,11 +53,18 @@ def matrix(rows: list[dict[str, dict[str, float]]], tasks: list[str], metric: st
 
 
 def build_report(
-    runs: list[RunResult], tasks: list[str], metrics: Mapping[str, bool], primary: str
+    runs: list[RunResult],
+    tasks: list[str],
+    metrics: Mapping[str, bool],
+    primary: str,
+    validation: str | None = None,
 ) -> dict[str, Any]:
-    """R and ACC / BWT / FWT / forgetting per run and metric; FWT against fine-tuning's diagonal."""
+    """R and ACC / BWT / FWT / forgetting per run and metric; FWT against fine-tuning's diagonal.
+    `validation`: the metric lambda is chosen on, recorded for `masllm.continual.selection`."""
     baseline = next((r for r in runs if r.method == BASELINE), None)
     report: dict[str, Any] = {"tasks": tasks, "primary_metric": primary, "metrics": dict(metrics)}
+    if validation is not None:
+        report["validation_metric"] = validation
     report["fwt_reference"] = f"diagonal of {baseline.name!r}" if baseline else None
     report["runs"] = {}
     for run in runs:

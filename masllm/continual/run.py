@@ -70,7 +70,7 @@ def execute(prepared: Prepared, callbacks: list[TrainerCallback] | None = None) 
         if run.mas is not None and (last / CONFIG_NAME).is_file():
             omegas[run.name] = load_tensors(last, OMEGA_NAME)
     tasks = [t.name for t in seq.tasks]
-    report = build_report(results, tasks, seq.metrics, seq.primary_metric)
+    report = build_report(results, tasks, seq.metrics, seq.primary_metric, seq.validation_metric)
     if training_args.should_save:
         write_report(report, output_dir, omegas, plots=cl_args.plots)
         print(format_report(report), flush=True)

@@ -46,6 +46,8 @@ class TaskSequence:
     Trainer (e.g. `compute_metrics`). `trainer_class`, when set, builds every step's Trainer (called
     like `MASTrainer`) instead of the method's: the chat kind's MASSFTTrainer with its SFTConfig.
     `unsupported_methods` maps a method the kind cannot run to why (refused before any training).
+    `validation_metric` is the metric lambda is chosen on (`masllm.continual.selection`), when the
+    tasks hold out validation data.
     """
 
     tasks: list[Task]
@@ -56,6 +58,7 @@ class TaskSequence:
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
     trainer_class: Callable[..., Any] | None = None
     unsupported_methods: dict[str, str] = field(default_factory=dict)
+    validation_metric: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -65,6 +68,10 @@ class TaskSequence:
             raise ValueError(f"Task names must be unique, got {names}")
         if self.primary_metric not in self.metrics:
             raise ValueError(f"primary_metric {self.primary_metric!r} is not one of {list(self.metrics)}")
+        if self.validation_metric is not None and self.validation_metric not in self.metrics:
+            raise ValueError(
+                f"validation_metric {self.validation_metric!r} is not one of {list(self.metrics)}"
+            )
 
     def check_method(self, method: str) -> None:
         """ValueError when this kind cannot run `method`, saying why."""

@@ -12,7 +12,7 @@ in every one). Omega is estimated on the task's training images (`importance: tr
 images (`test`) or both, optionally on the facts of some subjects only (`importance_subjects`: digits,
 the adaptation test of the paper's Fig. 7). Metrics: `map` (retrieval MAP over the task's facts and
 test images) and, with a `validation` fraction, `val_map` (what lambda is chosen on:
-`python -m masllm.continual.selection report.json --metric val_map`).
+`python -m masllm.continual.selection report.json`).
 
 `model_config`: `backbone` (any of the vision kind's: mlp, vit, resnet, convnext, with its config;
 default an MLP 784-400-400) and `distance` (`squared` / `euclidean`, the loss). Methods that need a

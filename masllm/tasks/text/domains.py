@@ -2,7 +2,9 @@
 
 A *domain* names a text source and how to cut it into the three sets a MAS step needs: a training
 set, an **unlabeled importance set** for Eq. 2 (a slice of the training data, held-out text, or a
-separate "deployment" source: the paper's adaptation setting, Sec. 5.2) and an evaluation set.
+separate "deployment" source: the paper's adaptation setting, Sec. 5.2) and an evaluation set; and,
+with `validation: 0.05`, a validation set (never trained on nor used for Omega, reported as
+`val_perplexity` / `val_nll`) on which `masllm.continual.selection` chooses lambda.
 Sources:
 
 - `builtin:python_stdlib` (the standard library's own source code), `builtin:python_docs` (the
@@ -51,17 +53,19 @@ class DomainConfig:
     importance_source: str | None = None  # a separate unlabeled "deployment" source (its train split)
     eval_fraction: float = 0.1
     heldout_fraction: float = 0.1
+    validation: float = 0.0  # a fraction of the blocks, cut before eval: what lambda is chosen on
     max_chars: int | None = None  # after the seeded shuffle of documents
     max_train_blocks: int | None = None
     max_eval_blocks: int | None = None
     max_importance_blocks: int | None = None
+    max_validation_blocks: int | None = None
     streaming: bool = False
     training: dict[str, Any] = field(default_factory=dict)  # TrainingArguments overrides (e.g. max_steps)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"Domain name must be a non-empty string without '/', got {self.name!r}")
-        for f in ("eval_fraction", "heldout_fraction"):
+        for f in ("eval_fraction", "heldout_fraction", "validation"):
             if not 0 <= getattr(self, f) < 1:
                 raise ValueError(f"Domain {self.name!r}: {f} must be in [0, 1), got {getattr(self, f)}")
         if self.eval_split is None and self.eval_fraction == 0:

@@ -2,12 +2,14 @@
 
 Reads `model_args.model_name_or_path | model_config`, `tokenizer_name_or_path`, `vocab_size`, and
 `data_args.domains`, `block_size`, `cache_dir`, `document_seed`, `tokenizer_chars_per_domain`; the
-model (GGUF, dtype, attention, LoRA adapter) is loaded by `model.load_causal_lm`.
+model (GGUF, dtype, attention, LoRA adapter) is loaded by `model.load_causal_lm`. Domains with a
+`validation` fraction add `val_perplexity` and `val_nll` (lower is better) to the metrics.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base import Task, TaskSequence, check_config_keys
+from ..base import Task, TaskSequence, check_config_keys, evaluate_with_trainer
 from .domains import DomainConfig
 from .model import load_causal_lm, pretrained_tokenizer
 from .packing import load_domain, load_or_train_tokenizer
@@ -48,6 +50,26 @@ def token_metrics(eval_pred: Any) -> dict[str, float]:
     return {"nll": nll / count, "perplexity": math.exp(min(nll / count, 50.0)), "accuracy": correct / count}
 
 
+def evaluate_text(trainer: Any, task: Task, validation: Any = None) -> dict[str, float]:
+    """The eval set's metrics and, with a validation set, its perplexity and NLL (`val_perplexity`,
+    `val_nll`: lambda is chosen on the mean NLL, `masllm.continual.selection`)."""
+    metrics = evaluate_with_trainer(trainer, task)
+    if validation is not None:
+        prefix = f"val_{task.name}"
+        out = trainer.evaluate(validation, metric_key_prefix=prefix)
+        metrics |= {f"val_{k}": float(out[f"{prefix}_{k}"]) for k in ("perplexity", "nll")}
+    return metrics
+
+
+def check_validation(domains: list[DomainConfig]) -> bool:
+    """Every domain holds out a validation fraction, or none does (the rule averages over tasks)."""
+    validated = [d.name for d in domains if d.validation > 0]
+    if validated and len(validated) != len(domains):
+        missing = [d.name for d in domains if d.validation == 0]
+        raise ValueError(f"Give every domain a validation fraction or none: {missing} have none")
+    return bool(validated)
+
+
 def check_model_config(model_config: Any) -> None:
     """Before any data work: a dict with a known `model_type` whose keys its config class has."""
     if not model_config:
@@ -66,6 +88,7 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
     and `data_args.domains`, `block_size`, `cache_dir`, `document_seed`, `tokenizer_chars_per_domain`.
     """
     domains = [DomainConfig.from_dict(d) for d in data_args.domains]
+    validated = check_validation(domains)
     if not model_args.model_name_or_path:
         check_model_config(model_args.model_config)
     cache_dir = Path(data_args.cache_dir)
@@ -96,6 +119,7 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
             importance_dataset=p["importance"],
             eval_dataset=p["eval"],
             data_collator=causal_lm_collator,
+            evaluate=partial(evaluate_text, validation=p["validation"]) if validated else None,
             training_overrides=d.training,
         )
         for d, p in zip(domains, packed)
@@ -103,8 +127,14 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
     return TaskSequence(
         tasks=tasks,
         model_init=model_init,
-        metrics={"perplexity": False, "accuracy": True, "nll": False},
+        metrics={
+            "perplexity": False,
+            "accuracy": True,
+            "nll": False,
+            **({"val_perplexity": False, "val_nll": False} if validated else {}),
+        },
         primary_metric="perplexity",
+        validation_metric="val_nll" if validated else None,  # why NLL: masllm.continual.selection
         processing_class=tokenizer,
         trainer_kwargs={"compute_metrics": token_metrics, "preprocess_logits_for_metrics": token_statistics},
     )

@@ -1,7 +1,7 @@
 """Tokenise and pack a domain into train / importance / eval blocks, once, cached on disk.
 
 Documents are shuffled (seeded), joined with the EOS token, tokenised and packed into blocks of
-`block_size` tokens; the blocks are cut contiguously into train | held-out | eval, and the result is
+`block_size` tokens; the blocks are cut contiguously into train | held-out | validation | eval, and the result is
 cached (`save_to_disk`) under a key of everything that shapes it. Without a pretrained tokenizer, a
 byte-level BPE tokenizer is trained on the domains (cached too).
 """
@@ -81,18 +81,19 @@ def pack(docs: list[str], tokenizer: Any, block_size: int) -> np.ndarray:
     return np.asarray(ids[: n * block_size], dtype=np.int32).reshape(n, block_size)
 
 
-def cut_blocks(blocks: np.ndarray, eval_fraction: float, heldout_fraction: float) -> dict[str, np.ndarray]:
-    """Contiguous train | heldout | eval parts of the packed blocks (no block is in two parts)."""
+def cut_blocks(
+    blocks: np.ndarray, eval_fraction: float, heldout_fraction: float, validation_fraction: float = 0.0
+) -> dict[str, np.ndarray]:
+    """Contiguous train | heldout | validation | eval parts of the packed blocks (no block is in two
+    parts; a document may straddle a boundary, as documents are packed back to back)."""
     n = len(blocks)
-    n_eval, n_held = math.ceil(n * eval_fraction), math.ceil(n * heldout_fraction)
-    n_train = n - n_eval - n_held
+    sizes = [math.ceil(n * f) for f in (heldout_fraction, validation_fraction, eval_fraction)]
+    n_train = n - sum(sizes)
     if n_train < 1:
-        raise ValueError(f"Only {n} blocks: too few to cut train / heldout / eval parts")
-    return {
-        "train": blocks[:n_train],
-        "heldout": blocks[n_train : n_train + n_held],
-        "eval": blocks[n_train + n_held :],
-    }
+        raise ValueError(f"Only {n} blocks: too few to cut train / heldout / validation / eval parts")
+    bounds = np.cumsum([n_train, *sizes])
+    parts = np.split(blocks, bounds[:-1])
+    return dict(zip(("train", "heldout", "validation", "eval"), parts))
 
 
 def _head(blocks: np.ndarray, limit: int | None) -> np.ndarray:
@@ -100,14 +101,15 @@ def _head(blocks: np.ndarray, limit: int | None) -> np.ndarray:
 
 
 def build_domain(domain: DomainConfig, tokenizer: Any, block_size: int, seed: int) -> DatasetDict:
-    """Packed `train`, `importance` and `eval` sets of one domain (not cached; see `load_domain`)."""
+    """Packed `train`, `importance` and `eval` sets of one domain, and `validation` when the domain
+    asks for one (not cached; see `load_domain`)."""
     docs = shuffled_documents(domain, domain.train_split, seed)
     if not docs:
         raise ValueError(f"Domain {domain.name!r}: source {domain.source!r} holds no text")
     eval_fraction = 0.0 if domain.eval_split else domain.eval_fraction
     held_fraction = domain.heldout_fraction if domain.importance == "heldout" else 0.0
     try:
-        parts = cut_blocks(pack(docs, tokenizer, block_size), eval_fraction, held_fraction)
+        parts = cut_blocks(pack(docs, tokenizer, block_size), eval_fraction, held_fraction, domain.validation)
     except ValueError as e:
         raise ValueError(
             f"Domain {domain.name!r} ({domain.source}), blocks of {block_size} tokens: {e}"
@@ -127,6 +129,8 @@ def build_domain(domain: DomainConfig, tokenizer: Any, block_size: int, seed: in
         "importance": _head(importance, domain.max_importance_blocks),
         "eval": _head(parts["eval"], domain.max_eval_blocks),
     }
+    if domain.validation > 0:
+        sets["validation"] = _head(parts["validation"], domain.max_validation_blocks)
     for split, blocks in sets.items():
         if len(blocks) == 0:
             raise ValueError(f"Domain {domain.name!r}: the {split} set is empty (too little text?)")
