@@ -12,26 +12,31 @@ perplexity matrix R[i][j] and the forgetting of every method, then checks the is
 MAS cuts forgetting (mean perplexity increase on earlier domains) by >= 50% vs fine-tuning while
 its perplexity on each new domain stays within 5% of fine-tuning's.
 
-Measured (2-core shared CPU; the first run with the default methods of that time took 602 s wall,
-4 min 29 s CPU; the other runs reuse its shared first domain and finished runs, see --methods):
+With `--validation 0.05` every domain holds out 5% of its blocks (never trained on, never in
+Omega's data) and each method's lambda is chosen on them by masllm.continual.selection's rule
+(lowest mean final validation NLL). Measured (2-core CPU, one thread; 674 s wall for the first 7
+runs, 181 s for two more, finished runs reused):
 
-    python bench/llm_domains.py --methods finetune,l2=0.01,l2=0.002,mas=0.01,mas=0.003,\
-        mas=0.0025,mas=0.00225,mas=0.002,mas=0.001
+    python bench/llm_domains.py --validation 0.05 --methods finetune,l2=0.0005,l2=0.002,l2=0.01,\
+        l2=0.03,mas=0.00225,mas=0.01,mas=0.03,mas=0.1
 
-    method       forgetting  cut vs finetune  new-domain ppl vs finetune (austen, python, licenses; mean)
-    finetune        398.1         -            -
-    l2 0.01         117.1        71%           +24%  +49%  +103%   mean +59%
-    l2 0.002        200.2        50%           +6%   +10%  +16%    mean +11%
-    mas 0.01        111.1        72%           +10%  +25%  +38%    mean +24%
-    mas 0.003       175.2        56%           +3%   +7%   +10%    mean +6.7%
-    mas 0.0025      184.9        54%           +3%   +5%   +7%     mean +5.2%
-    mas 0.00225     192.0        52%           +2.5% +4.9% +6.5%   mean +4.6%   <- target met on the mean
-    mas 0.002       200.1        50%           +2%   +4%   +6%     mean +4.1%
-    mas 0.001       236.9        41%           +1%   +2%   -1%     mean +0.6%
+    method        val NLL  forgetting  cut vs finetune  new-domain ppl vs finetune (austen, python, licenses; mean)
+    finetune       5.604     369.9        -             -
+    l2 0.0005      5.336     239.3       35%            +2%  -3%  +0%     mean -0.2%
+    l2 0.002 *     5.242     169.1       54%            +5%  +8%  +42%    mean +18%
+    l2 0.01        5.312     103.3       72%            +24% +47% +314%   mean +128%
+    l2 0.03        5.493      80.3       78%            +50% +115% +781%  mean +315%
+    mas 0.00225    5.218     176.0       52%            +2%  +1%  +17%    mean +6.6%
+    mas 0.01       5.120     113.1       69%            +8%  +17% +63%    mean +29%
+    mas 0.03 *     5.093      69.8       81%            +19% +42% +162%   mean +74%
+    mas 0.1        5.128      38.0       90%            +38% +95% +344%   mean +159%
 
-At the same forgetting cut (50%) MAS costs +4.1% on the new domains, L2 +10.7%. lambda was chosen
-on this very sequence (no separate validation sequence), and on the last domain alone MAS 0.00225
-is +6.5%: the target holds for the mean over new domains, not for each one.
+(* = chosen on validation; the other columns are test numbers.) The rule picks MAS 0.03 and L2
+0.002, both inside their grids; MAS's best validation NLL (5.093) beats L2's (5.242), and at equal
+forgetting cut MAS costs less (52% at +6.6% vs L2's 54% at +18%). The rule weighs forgetting more
+than the issue's old target (>= 50% cut at <= +5% cost, which no run meets here: the 5% held out
+shortens training): it accepts +74% on the new domains for 81% less forgetting. The first table of
+this benchmark (lambda picked on the test sequence itself: MAS 0.00225, 52% at +4.6%) is superseded.
 
 lambda differs per method because Omega's scale does: MAS's Omega (F = the last hidden states,
 as in the demo) averages |d ||F||^2 / d theta| over samples, summed over tokens; L2's is 1 everywhere. Any estimator of
@@ -53,7 +58,7 @@ from masllm.continual import select_from_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Path(os.environ.get("MASLLM_TEXT_DATA", ROOT.parent / "shared" / "data" / "text"))
-DEFAULT_METHODS = "finetune,l2=0.002,mas=0.00225"
+DEFAULT_METHODS = "finetune,l2=0.002,mas=0.03"  # the strengths chosen on validation (above)
 
 
 def bench_config(
