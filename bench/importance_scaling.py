@@ -6,7 +6,7 @@ Usage:
 
 On a GPT-2-shaped model (~5M parameters, 1024 positions), for every (T, B): seconds and peak extra
 memory of one pass over one batch, for a plain forward+backward of sum ||logits||^2, masllm per_batch
-and masllm exact. Writes `scaling.json`, a Markdown table and a log-log PNG (seconds vs tokens B x T).
+and masllm exact. Prints a Markdown table, writes `scaling.json` and a log-log PNG (seconds vs tokens B x T).
 Cost should grow linearly in tokens (slope ~1 on the log-log plot) until attention's T^2 shows.
 """
 
