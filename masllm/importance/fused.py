@@ -146,7 +146,7 @@ class _Layer:
             )
             kept[k].append(tile[r[lo:hi] - r0].float())
 
-        total = accumulate_transformed(form.rows, seg.num_samples, form.shape, fn, each=keep)
+        total = accumulate_transformed(form.rows, seg.num_samples, form.shape, fn, form.g.device, each=keep)
         self.tie["kept"] = torch.cat([piece for pieces in kept for piece in pieces])
         return total
 

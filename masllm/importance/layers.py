@@ -35,9 +35,10 @@ def reduce_samples(t: torch.Tensor, fn: Transform) -> torch.Tensor:
     return (inplace(t) if inplace else fn(t)).sum(0, dtype=torch.float32)
 
 
-# Rows of a weight-sized product formed at a time: a tile of ~2 MiB stays in cache while |.| and the
-# sum over samples run over it (a 262k-row output layer's per-sample product, formed whole, is
-# written to memory and read back twice: ~1.5x its matmul's time instead of ~1.1x)
+# Rows of a weight-sized product formed at a time on a CPU: a tile of ~2 MiB stays in cache while
+# |.| and the sum over samples run over it (a 262k-row output layer's per-sample product, formed
+# whole, is written to memory and read back twice: ~1.5x its matmul's time instead of ~1.1x). On a
+# GPU the product is formed whole (small tiles would cost a kernel launch each, for no cache gain).
 TILE_ELEMENTS = 1 << 19
 
 # sample(k, r0, r1, out=None): rows r0:r1 of sample k's (out, in) product (written into `out` if given)
@@ -49,13 +50,14 @@ def accumulate_transformed(
     n: int,
     shape: tuple[int, int],
     fn: Transform,
+    device: torch.device,
     each: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """sum_k fn(g_k) over n samples, in float32, one tile of rows at a time: each sample's tile is
     formed in turn into one reused buffer and transformed in place where fn allows (|.|, square);
     `each(k, r0, tile)` sees sample k's rows r0:... before fn."""
     rows, cols = shape
-    step = max(1, TILE_ELEMENTS // max(cols, 1))
+    step = max(1, TILE_ELEMENTS // max(cols, 1)) if device.type == "cpu" else rows
     inplace = INPLACE.get(fn)
     total = buf = None
     for r0 in range(0, rows, step):
@@ -70,7 +72,7 @@ def accumulate_transformed(
             t = inplace(p) if inplace else fn(p)
             tile = total[r0:r1]
             tile.copy_(t) if k == 0 else tile.add_(t)  # float32 sums (a bf16 layer too)
-    return total if total is not None else torch.zeros(shape)
+    return total if total is not None else torch.zeros(shape, device=device)
 
 
 class _Dense:
@@ -167,7 +169,7 @@ class _Products:
         return a @ b if out is None else torch.mm(a, b, out=out)
 
     def transformed_sum(self, fn: Transform) -> torch.Tensor:
-        return accumulate_transformed(self.rows, self.seg.num_samples, self.shape, fn)
+        return accumulate_transformed(self.rows, self.seg.num_samples, self.shape, fn, self.g.device)
 
     def sum(self) -> torch.Tensor:  # every position, a sample's or not: autograd's gradient
         return self.g.reshape(-1, self.g.shape[-1]).T @ self.x.reshape(-1, self.x.shape[-1])
