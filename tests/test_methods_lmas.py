@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
-from conftest import padded_lm_batch, tiny_gpt2, tiny_mlp
+from conftest import padded_lm_batch, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_mlp
 from torch import nn
 
 from masllm import MASConfig, compute_importance
@@ -94,3 +95,20 @@ def test_lmas_runs_no_backward_through_the_network():
     for n in ("0.weight", "0.bias", "2.weight", "2.bias"):
         torch.testing.assert_close(a[n], b[n])
     assert not torch.allclose(a["4.weight"], b["4.weight"])
+
+
+@pytest.mark.parametrize("make_model", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
+def test_lmas_on_rmsnorm_models_stays_batched_and_exact(make_model):
+    """RMSNorm (no fast path: its per-sample gradient is replayed under torch.func) must not be cut
+    by l-MAS during that replay: the batched pass takes no fallback and equals each row alone."""
+    model, batch = make_model(), padded_lm_batch(n=4)
+    omega = lmas(model, [batch])
+    assert "importance/fallback" not in omega.tasks[0]
+    alone = {n: torch.zeros_like(t) for n, t in omega.items()}
+    for k in range(4):  # a batch of one: |its gradient| is exact whatever the path
+        for n, t in lmas(model, [{key: v[k : k + 1] for key, v in batch.items()}]).items():
+            alone[n] += t / 4
+    norms = [n for n in omega if "norm" in n]
+    assert norms and all(omega[n].sum() > 0 for n in norms)
+    for n in omega:
+        torch.testing.assert_close(omega[n], alone[n], rtol=1e-4, atol=1e-6)

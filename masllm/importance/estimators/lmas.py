@@ -105,6 +105,10 @@ class LayerCut:
     def _cut(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad):
             return None
+        if torch._C._are_functorch_transforms_active():
+            # the per-sample replay of one module (`generic_per_sample`, e.g. an RMSNorm) runs its
+            # forward under torch.func: cutting there would hand the vjp a detached output (zero)
+            return None
         handed_on = output.detach().clone()  # a copy: an in-place activation must not touch `output`
         self.layers[id(handed_on)] = _Layer(output, handed_on)
         return handed_on
