@@ -100,13 +100,19 @@ def test_lmas_runs_no_backward_through_the_network():
 @pytest.mark.parametrize("make_model", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
 def test_lmas_on_rmsnorm_models_stays_batched_and_exact(make_model):
     """RMSNorm (no fast path: its per-sample gradient is replayed under torch.func) must not be cut
-    by l-MAS during that replay: the batched pass takes no fallback and equals each row alone."""
+    by l-MAS during that replay: the batched pass takes no fallback and equals each sequence alone,
+    unpadded (Gemma 3's q / k norms see per-head (B, heads, T, d) tensors: their padding is masked)."""
     model, batch = make_model(), padded_lm_batch(n=4)
     omega = lmas(model, [batch])
     assert "importance/fallback" not in omega.tasks[0]
     alone = {n: torch.zeros_like(t) for n, t in omega.items()}
-    for k in range(4):  # a batch of one: |its gradient| is exact whatever the path
-        for n, t in lmas(model, [{key: v[k : k + 1] for key, v in batch.items()}]).items():
+    for k in range(4):  # each sequence alone, unpadded: a batch of one is exact whatever the path
+        keep = batch["attention_mask"][k].bool()
+        one = {
+            "input_ids": batch["input_ids"][k][keep][None],
+            "attention_mask": torch.ones(1, int(keep.sum())),
+        }
+        for n, t in lmas(model, [one]).items():
             alone[n] += t / 4
     norms = [n for n in omega if "norm" in n]
     assert norms and all(omega[n].sum() > 0 for n in norms)

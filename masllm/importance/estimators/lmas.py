@@ -30,22 +30,22 @@ How it is computed, and what it means for every kind of parameter:
     activation: y is the projection itself;
   * convolutions, BatchNorm and other modules: the per-sample gradient of the module's local
     squared norm by torch.func through that module alone (correlation of input and output maps).
-- For padded sequences (an `attention_mask` matching a layer's (B, T) output), padding positions
-  do not count, as in MAS.
+- For padded sequences (an `attention_mask` matching a layer's (B, T, ...) output, or a per-head
+  (B, heads, T, d) one such as Gemma 3's q / k norms), padding positions do not count, as in MAS.
 l-MAS estimates faster but less accurately than MAS (paper Sec. 5.1: 3% vs 1% forgetting);
 the penalty and its strength are MAS's: lambda = 1 (paper, Sec. 5.1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.activations import ACT2CLS
 
-from ...batch import Batch, attention_mask, forward, inputs_of, masked, to_device
+from ...batch import Batch, forward, inputs_of, to_device
 from ...registry import register_estimator
 from ..accumulate import accumulate_per_sample
 from ..context import ImportanceContext, ImportanceSums
@@ -69,6 +69,23 @@ ACTIVATIONS: tuple[type, ...] = (
     nn.Hardsigmoid,
     *{v[0] if isinstance(v, tuple) else v for v in ACT2CLS.values()},
 )
+
+
+def without_padding(t: torch.Tensor, inputs: Batch) -> torch.Tensor:
+    """`t` with the padding positions of the inputs' (B, T) `attention_mask` zeroed: in dim 1 when it
+    has T entries, else in the only other dim of size T of a tensor with 3+ dims (per-head (B, heads,
+    T, d)); a tensor that is not per position is returned as it is."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if mask is None or mask.dim() != 2 or t.dim() < 2 or t.shape[0] != mask.shape[0]:
+        return t
+    T = mask.shape[1]
+    others = [d for d in range(2, t.dim()) if t.shape[d] == T]
+    dim = 1 if t.shape[1] == T else (others[0] if len(others) == 1 and t.dim() >= 3 else None)
+    if dim is None:
+        return t
+    shape = [1] * t.dim()
+    shape[0], shape[dim] = t.shape[0], T
+    return t * mask.reshape(shape).to(t.dtype)
 
 
 class _Layer:
@@ -128,7 +145,7 @@ class LayerCut:
         total = torch.zeros(())
         for layer in self.layers.values():
             g = layer.out_grad if layer.out_grad is not None else layer.output.detach().float()
-            g = masked(g, attention_mask(self.inputs, g.shape))
+            g = without_padding(g, self.inputs)
             total = total + (layer.output * g.to(layer.output.dtype)).sum().float()
         self.layers = {}
         return total
