@@ -19,7 +19,7 @@ import argparse
 import tempfile
 
 import torch
-from common import interleaved, num_params
+from common import interleaved, num_params, peak_allocated_bytes
 from torch.utils.data import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
@@ -57,18 +57,6 @@ class Tokens(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
-
-
-def peak(fn, device: str) -> int:
-    if device != "cuda":
-        fn()
-        return 0
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - start
 
 
 def synced(fn, device: str):
@@ -118,7 +106,7 @@ def bench(size: str, batch: int, seq: int, rounds: int, device: str) -> None:
     mas_step = stepper(MASTrainer(model, args, train_dataset=data, mas_config=MASConfig(), omega=omega))
     train = {"plain Trainer": synced(plain_step, device), "MASTrainer": synced(mas_step, device)}
     med = interleaved(train, rounds)
-    mem = {k: peak(f, device) for k, f in train.items()}
+    mem = {k: peak_allocated_bytes(f, device) for k, f in train.items()}
     for k, t in med.items():
         print(
             f"{k:<30} {tokens / t:>10.0f} tokens/s  {t / med['plain Trainer']:>6.3f}x   peak {mem[k] / 2**30:.2f} GiB"
@@ -136,7 +124,7 @@ def bench(size: str, batch: int, seq: int, rounds: int, device: str) -> None:
         "masllm exact": synced(lambda: compute_importance(model, batches, MASConfig(), show_progress=False), device),
     }  # fmt: skip
     med = interleaved(imp, rounds)
-    mem = {k: peak(f, device) for k, f in imp.items()}
+    mem = {k: peak_allocated_bytes(f, device) for k, f in imp.items()}
     for k, t in med.items():
         print(
             f"{k:<30} {t:>10.3f} s         {t / med['forward+backward']:>6.3f}x   peak {mem[k] / 2**30:.2f} GiB"
