@@ -45,6 +45,21 @@ def lmas(model, batches):
         return compute_importance(model, batches, MASConfig(method="lmas"), show_progress=False)
 
 
+def lmas_of_each_sequence(model, batch) -> dict[str, torch.Tensor]:
+    """The mean over sequences of l-MAS on each sequence alone, its padding cut off."""
+    n = len(batch["input_ids"])
+    total: dict[str, torch.Tensor] = {}
+    for k in range(n):
+        keep = batch["attention_mask"][k].bool()
+        one = {
+            "input_ids": batch["input_ids"][k][keep][None],
+            "attention_mask": torch.ones(1, int(keep.sum())),
+        }
+        for name, t in lmas(model, [one]).items():
+            total[name] = total.get(name, 0) + t / n
+    return total
+
+
 def test_lmas_equals_local_norm_gradient_on_relu_mlp():
     model, x = relu_mlp(), torch.randn(9, 6, generator=torch.Generator().manual_seed(0))
     omega = lmas(model, list(x.split(4)))
@@ -70,15 +85,7 @@ def test_lmas_gpt2_padding_does_not_count():
     """A padded batch gives the same Omega as each sequence alone, unpadded (causal attention)."""
     model, batch = tiny_gpt2(), padded_lm_batch(n=4)
     omega = lmas(model, [batch])
-    alone = {n: torch.zeros_like(t) for n, t in omega.items()}
-    for k in range(4):
-        keep = batch["attention_mask"][k].bool()
-        one = {
-            "input_ids": batch["input_ids"][k][keep][None],
-            "attention_mask": torch.ones(1, int(keep.sum())),
-        }
-        for n, t in lmas(model, [one]).items():
-            alone[n] += t / 4
+    alone = lmas_of_each_sequence(model, batch)
     assert set(omega) == {n for n, p in model.named_parameters()}
     for n in omega:
         torch.testing.assert_close(omega[n], alone[n], rtol=1e-4, atol=1e-6)
@@ -105,15 +112,7 @@ def test_lmas_on_rmsnorm_models_stays_batched_and_exact(make_model):
     model, batch = make_model(), padded_lm_batch(n=4)
     omega = lmas(model, [batch])
     assert "importance/fallback" not in omega.tasks[0]
-    alone = {n: torch.zeros_like(t) for n, t in omega.items()}
-    for k in range(4):  # each sequence alone, unpadded: a batch of one is exact whatever the path
-        keep = batch["attention_mask"][k].bool()
-        one = {
-            "input_ids": batch["input_ids"][k][keep][None],
-            "attention_mask": torch.ones(1, int(keep.sum())),
-        }
-        for n, t in lmas(model, [one]).items():
-            alone[n] += t / 4
+    alone = lmas_of_each_sequence(model, batch)  # a batch of one is exact whatever the path
     norms = [n for n in omega if "norm" in n]
     assert norms and all(omega[n].sum() > 0 for n in norms)
     for n in omega:

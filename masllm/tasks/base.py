@@ -90,6 +90,15 @@ def evaluate_with_trainer(trainer: Any, task: Task) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k not in skip}
 
 
+def check_validation(configs: list[Any], what: str = "task") -> bool:
+    """Every task config (with `name` and a `validation` fraction) holds out validation data, or none
+    does: the lambda rule averages the validation metric over all tasks. True when they all do."""
+    missing = [c.name for c in configs if not c.validation > 0]
+    if missing and len(missing) != len(configs):
+        raise ValueError(f"Give every {what} a validation fraction or none: {missing} have none")
+    return not missing
+
+
 def config_from_dict(cls: type[C], data: dict[str, Any], what: str) -> C:
     """`cls(**data)` for one entry of the YAML's `domains:`, refusing (and naming) unknown fields."""
     if not isinstance(data, dict):

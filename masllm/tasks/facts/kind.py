@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers import default_data_collator
 
-from ..base import Task, TaskSequence, config_from_dict
+from ..base import Task, TaskSequence, check_validation, config_from_dict
 from ..vision.data import TaskDataset
 from ..vision.kind import check_backbone_config, check_image_task
 from ..vision.models import build_backbone
@@ -136,9 +136,7 @@ def facts_sequence(model_args: Any, data_args: Any, training_args: Any) -> TaskS
     if kind == "mlp":
         model_config.setdefault("in_features", 784)
     check_backbone_config(kind, model_config)
-    validated = {c.validation > 0 for c in configs}
-    if len(validated) > 1:
-        raise ValueError("Give every facts task a validation fraction or none")
+    validated = check_validation(configs, what="facts task")
     cache = Path(data_args.cache_dir or DEFAULT_CACHE).expanduser()
     spec = FactsSpec(c0.digits, c0.items, c0.data_seed, c0.train_per_fact, c0.test_per_fact)
     data = load_facts(spec, cache)
@@ -155,7 +153,7 @@ def facts_sequence(model_args: Any, data_args: Any, training_args: Any) -> TaskS
             importance_dataset=_importance(cfg, t),
             eval_dataset=TaskDataset(t.x_test, t.f_test, 0),
             data_collator=default_data_collator,
-            evaluate=partial(evaluate_map, fact_task=t, validate=validated == {True}),
+            evaluate=partial(evaluate_map, fact_task=t, validate=validated),
             training_overrides=cfg.training,
         )
         tasks.append(task)
@@ -173,7 +171,7 @@ def facts_sequence(model_args: Any, data_args: Any, training_args: Any) -> TaskS
     return TaskSequence(
         tasks=tasks,
         model_init=model_init,
-        metrics={"map": True, **({"val_map": True} if validated == {True} else {})},
+        metrics={"map": True, **({"val_map": True} if validated else {})},
         primary_metric="map",
         unsupported_methods=dict(UNSUPPORTED),
     )

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base import Task, TaskSequence, check_config_keys, evaluate_with_trainer
+from ..base import Task, TaskSequence, check_config_keys, check_validation, evaluate_with_trainer
 from .domains import DomainConfig
 from .model import load_causal_lm, pretrained_tokenizer
 from .packing import load_domain, load_or_train_tokenizer
@@ -61,15 +61,6 @@ def evaluate_text(trainer: Any, task: Task, validation: Any = None) -> dict[str,
     return metrics
 
 
-def check_validation(domains: list[DomainConfig]) -> bool:
-    """Every domain holds out a validation fraction, or none does (the rule averages over tasks)."""
-    validated = [d.name for d in domains if d.validation > 0]
-    if validated and len(validated) != len(domains):
-        missing = [d.name for d in domains if d.validation == 0]
-        raise ValueError(f"Give every domain a validation fraction or none: {missing} have none")
-    return bool(validated)
-
-
 def check_model_config(model_config: Any) -> None:
     """Before any data work: a dict with a known `model_type` whose keys its config class has."""
     if not model_config:
@@ -88,7 +79,7 @@ def causal_lm_sequence(model_args: Any, data_args: Any, training_args: Any) -> T
     and `data_args.domains`, `block_size`, `cache_dir`, `document_seed`, `tokenizer_chars_per_domain`.
     """
     domains = [DomainConfig.from_dict(d) for d in data_args.domains]
-    validated = check_validation(domains)
+    validated = check_validation(domains, what="domain")
     if not model_args.model_name_or_path:
         check_model_config(model_args.model_config)
     cache_dir = Path(data_args.cache_dir)

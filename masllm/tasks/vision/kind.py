@@ -36,7 +36,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from transformers import default_data_collator
 
 from ...registry import did_you_mean
-from ..base import Task, TaskSequence, check_config_keys, config_from_dict
+from ..base import Task, TaskSequence, check_config_keys, check_validation, config_from_dict
 from .data import TaskDataset, validation_split
 from .mnist import load_idx_dataset, permutation, to_float
 from .models import HF_BACKBONES, MLPBackbone, MultiHeadClassifier, build_backbone
@@ -272,10 +272,7 @@ def vision_sequence(model_args: Any, data_args: Any, training_args: Any) -> Task
         tasks.append(task)
     if sorted(head_sizes) != list(range(len(head_sizes))):
         raise ValueError(f"Heads must be numbered 0..n-1, got {sorted(head_sizes)}")
-    validated = {cfg.name for cfg in configs if cfg.validation > 0}
-    if validated and len(validated) != len(configs):
-        missing = [cfg.name for cfg in configs if cfg.name not in validated]
-        raise ValueError(f"Give every task a validation fraction or none: {missing} have none")
+    validated = check_validation(configs)
 
     def model_init(path: str | None) -> MultiHeadClassifier:
         torch.manual_seed(training_args.seed)
