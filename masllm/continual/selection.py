@@ -78,7 +78,7 @@ def select_lambda(validation: Mapping[float, Sequence[Matrix]], higher_is_better
 
 def select_from_report(report: Mapping[str, Any], metric: str | None = None) -> dict[str, Selection]:
     """Per method of a recipe report (report.json), the rule over its runs with a strength, on
-    `metric` (default: the validation counterpart of the report's primary metric)."""
+    `metric` (default: `validation_metric(report)`)."""
     metric = metric or validation_metric(report)
     if metric not in report.get("metrics", {}):
         raise ValueError(
@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> dict[str, Selection]:
     ap.add_argument(
         "report", type=Path, help="report.json of a recipe run with a grid of --compare strengths"
     )
-    ap.add_argument("--metric", default=None, help="default: val_<the report's primary metric>")
+    ap.add_argument(
+        "--metric",
+        default=None,
+        help="default: the report's validation_metric, else val_<its primary metric>",
+    )
     args = ap.parse_args(argv)
     chosen = select_from_report(json.loads(args.report.read_text()), args.metric)
     for method, sel in chosen.items():

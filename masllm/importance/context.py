@@ -71,9 +71,7 @@ class ImportanceContext:
         """`read_grads`, handing over the float32 gradients themselves (no copy: a pass over P floats
         saved, the size of a weight gradient) and leaving `p.grad` empty: for the last read."""
         if self.engine is not None or self.low_precision_sums:
-            out = self.read_grads()
-            self.zero_grads()
-            return out
+            return self.read_grads()  # copies already (the caller's zero_grads clears the rest)
         out = {}
         for n, p in self.params.items():
             g = p.grad
